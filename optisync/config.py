@@ -1,12 +1,33 @@
-"""pydantic models of optisync.yaml (design.md §4)."""
+"""pydantic models of optisync.yaml (design.md §4) and how a file becomes a ``Config``.
+
+The section names are part of the product contract; the keys inside are documented, one
+comment per key, in ``examples/optisync.yaml``.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from optisync.events import EventType
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# --- optimove ---------------------------------------------------------------------------
 
 
 class Timeouts(Strict):
@@ -27,15 +48,257 @@ class RetryPolicy(Strict):
     respect_retry_after: bool = True
 
 
+class OptInSettings(Strict):
+    method: Literal["event", "unsubscribe_list", "both"] = "event"
+    brand_id: int | None = Field(None, ge=0, description="OptiMail brand of the unsubscribe list")
+    unknown_state: Literal["opted_out", "opted_in"] = "opted_out"
+
+    @model_validator(mode="after")
+    def _brand_for_list(self) -> OptInSettings:
+        if self.method != "event" and self.brand_id is None:
+            raise ValueError(f"opt-in method {self.method!r} needs brand_id (the OptiMail brand)")
+        return self
+
+
 class OptimoveSettings(Strict):
     api_url: str = "https://api4.optimove.net"
     events_url: str | None = None
-    tenant_id: int | None = None
+    tenant_id: int | None = Field(None, ge=0)
     api_key: SecretStr | None = None
+    api_key_file: Path | None = None
     events_token: SecretStr | None = None
+    events_token_file: Path | None = None
     timeouts: Timeouts = Timeouts()
     concurrency: int = Field(4, ge=1, le=64)
     rate_limit: RateLimit = RateLimit()
     transactional_rate_limit: RateLimit = RateLimit(requests=10, per_seconds=1.0)
+    events_rate_limit: RateLimit | None = None
     retry: RetryPolicy = RetryPolicy()
     events_per_request: int = Field(1, ge=1, le=50)
+    opt_in: OptInSettings = OptInSettings()
+    state_dir: Path = Path("var/state")
+
+    def secret(self, name: Literal["api_key", "events_token"]) -> str | None:
+        """The secret's value, from the config (usually ``${ENV}``) or else its ``*_file``."""
+        value: SecretStr | None = getattr(self, name)
+        if value is not None and value.get_secret_value():
+            return value.get_secret_value()
+        path: Path | None = getattr(self, f"{name}_file")
+        if path is not None:
+            return path.read_text(encoding="utf-8").strip() or None
+        return None
+
+    @field_validator("api_url", "events_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http(s) URL, e.g. https://api4.optimove.net")
+        return value.rstrip("/") if value else value
+
+
+# --- attributes -------------------------------------------------------------------------
+
+ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+_SIZED = re.compile(r"^(N?VARCHAR)\s*\(\s*(\d+)\s*\)$", re.IGNORECASE)
+TYPE_ALIASES = {
+    "decimal": "DECIMAL(19,4)",
+    "money": "DECIMAL(19,4)",
+    "number": "DECIMAL(19,4)",
+    "int": "INT",
+    "integer": "INT",
+    "bigint": "BIGINT",
+    "date": "DATE",
+    "string": "NVARCHAR(255)",
+    "text": "NVARCHAR(255)",
+    "boolean": "INT",
+}
+OPTIMOVE_TYPES = ("DECIMAL(19,4)", "INT", "BIGINT", "DATE", "VARCHAR(n)", "NVARCHAR(n)")
+
+
+def optimove_type(text: str) -> str:
+    """Normalise an attribute type or friendly alias to Optimove's spelling, or raise."""
+    raw = text.strip()
+    alias = TYPE_ALIASES.get(raw.lower())
+    if alias:
+        return alias
+    upper = re.sub(r"\s+", "", raw.upper())
+    if upper in {"DECIMAL(19,4)", "INT", "BIGINT", "DATE"}:
+        return upper
+    sized = _SIZED.match(raw)
+    if sized:
+        size = int(sized.group(2))
+        if not 1 <= size <= 4000:
+            raise ValueError(f"{sized.group(1).upper()} size must be 1..4000, not {size}")
+        return f"{sized.group(1).upper()}({size})"
+    raise ValueError(
+        f"unknown attribute type {text!r}; use one of {', '.join(OPTIMOVE_TYPES)}"
+        f" or an alias ({', '.join(sorted(TYPE_ALIASES))})"
+    )
+
+
+Format = Literal["raw", "currency", "number", "integer", "percent", "date", "datetime"]
+
+
+class Mapping(Strict):
+    """Where a value comes from (a dotted path into the event) and how it is formatted."""
+
+    source: str = Field(min_length=1)
+    format: Format = "raw"
+    truncate: bool = Field(False, description="cut strings to Optimove's 255 characters")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"source": value} if isinstance(value, str) else value
+
+
+class Attribute(Strict):
+    name: str
+    type: str
+    source: str | None = None
+    events: list[EventType] = Field(default_factory=list)
+    format: Format = "raw"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not ATTRIBUTE_NAME.match(value):
+            raise ValueError(
+                f"attribute name {value!r} must start with a letter and hold only letters"
+                " and digits (Optimove's naming rule)"
+            )
+        return value
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        return optimove_type(value)
+
+
+class EmdSettings(Strict):
+    opt_in_key: str | None = Field(None, description="EMD key holding the email opt-in")
+    opt_in_values: list[str] = Field(default_factory=lambda: ["Y", "YES", "TRUE", "1"])
+    map: dict[str, str] = Field(default_factory=dict, description="EMD key -> attribute name")
+
+
+class AttributesSection(Strict):
+    realtime: list[Attribute] = Field(default_factory=list)
+    batch: list[Attribute] = Field(default_factory=list)
+    emd: EmdSettings = EmdSettings()
+    limit: int = Field(50, ge=1, le=50, description="custom attributes allowed in all")
+
+
+# --- events -----------------------------------------------------------------------------
+
+SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+
+
+class EventMapping(Strict):
+    name: str
+    enabled: bool = True
+    context: dict[str, Mapping] = Field(default_factory=dict)
+
+
+# --- templates --------------------------------------------------------------------------
+
+
+class Template(Strict):
+    kind: Literal["transactional", "triggered", "scheduled"]
+    template_id: int | None = None
+    file: Path | None = None
+    event: EventType | None = None
+    delivery: Literal["event", "api"] = "event"
+    attribute_mappings: dict[str, Mapping] = Field(default_factory=dict)
+
+
+# --- routing ----------------------------------------------------------------------------
+
+TARGET_KINDS = ("events", "attributes", "opt_in", "promotions", "email")
+
+
+class Condition(Strict):
+    field: str
+    op: Literal["eq", "ne", "in", "not_in", "exists", "missing", "gt", "gte", "lt", "lte"] = "eq"
+    value: Any = None
+
+
+class Rule(Strict):
+    name: str | None = None
+    types: list[EventType] = Field(min_length=1)
+    where: list[Condition] = Field(default_factory=list)
+    to: list[str] = Field(min_length=1)
+
+    @field_validator("types", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class RoutingSection(Strict):
+    rules: list[Rule] = Field(default_factory=list)
+    unrouted: Literal["warn", "dead_letter"] = "warn"
+
+
+# --- locale, dead letters, batch --------------------------------------------------------
+
+
+class LocaleSection(Strict):
+    default_locale: str = "en_US"
+    default_currency: str = "USD"
+
+
+class DeadLetterSection(Strict):
+    dir: Path = Path("var/dead-letters")
+    retention_days: int = Field(30, ge=1)
+    archive: bool = Field(False, description="keep replayed letters under archive/")
+
+
+DatasetName = Literal["members", "partner_links", "offers", "emd", "orders"]
+
+
+class BatchSource(Strict):
+    kind: Literal["duckdb", "files", "snowflake"] = "files"
+    path: Path | None = None
+
+
+class BatchOutput(Strict):
+    dir: Path = Path("var/export")
+    format: Literal["csv", "parquet"] = "csv"
+    max_file_mb: int = Field(200, ge=1, le=1024)
+
+
+class Dataset(Strict):
+    enabled: bool = True
+    table: str | None = None
+    key: list[str] = Field(default_factory=list)
+    emit_deletes: bool = False
+
+
+class BatchSection(Strict):
+    source: BatchSource = BatchSource()
+    output: BatchOutput = BatchOutput()
+    state_dir: Path = Path("var/batch-state")
+    datasets: dict[DatasetName, Dataset] = Field(default_factory=dict)
+    deadline_utc: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
+    deadline_action: Literal["warn", "fail"] = "warn"
+
+
+class Config(Strict):
+    optimove: OptimoveSettings = OptimoveSettings()
+    attributes: AttributesSection = AttributesSection()
+    events: dict[EventType, EventMapping] = Field(default_factory=dict)
+    templates: dict[str, Template] = Field(default_factory=dict)
+    routing: RoutingSection = RoutingSection()
+    locale: LocaleSection = LocaleSection()
+    dead_letter: DeadLetterSection = DeadLetterSection()
+    batch: BatchSection = BatchSection()
+
+    # Where the file was read from: relative paths in it are relative to its folder.
+    _base_dir: Path = PrivateAttr(default_factory=Path)
+
+    def path(self, value: Path) -> Path:
+        """A path from the file, resolved against the file's folder."""
+        return value if value.is_absolute() else self._base_dir / value
+
+
+SECTIONS = tuple(Config.model_fields)

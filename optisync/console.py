@@ -1,0 +1,64 @@
+"""Where output goes: data (``--json``) to stdout, everything for humans to stderr.
+
+Rich is imported only when something is actually rendered, so ``optisync --help`` and
+cron runs that print nothing stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+@dataclass
+class Output:
+    """The global flags every command shares, and the consoles built from them."""
+
+    config: Path | None = None
+    json: bool = False
+    verbose: int = 0
+    quiet: bool = False
+    no_color: bool = False
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    _err: Console | None = None
+
+    @property
+    def interactive(self) -> bool:
+        """Progress bars and summary tables only on a terminal: cron stays quiet."""
+        return not self.quiet and self.stderr.isatty()
+
+    @property
+    def err(self) -> Console:
+        if self._err is None:
+            from rich.console import Console
+
+            no_color = self.no_color or "NO_COLOR" in os.environ
+            self._err = Console(file=self.stderr, no_color=no_color, highlight=False)
+        return self._err
+
+    def emit_json(self, obj: Any) -> None:
+        self.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
+        self.stdout.flush()
+
+    def line(self, text: str) -> None:
+        """A plain line for humans on stderr, printed whatever the terminal."""
+        self.stderr.write(text + "\n")
+        self.stderr.flush()
+
+    def info(self, text: str) -> None:
+        """A line that only an operator at a terminal wants (cron stays quiet)."""
+        if self.interactive:
+            self.line(text)
+
+    def error(self, message: str, hint: str | None = None) -> None:
+        self.line(f"optisync: error: {message}")
+        if hint:
+            self.line(f"hint: {hint}")
