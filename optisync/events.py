@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from functools import cache
@@ -190,7 +190,7 @@ class Envelope(BaseModel):
             {
                 "type": self.type.value,
                 "member_id": self.member_id,
-                "occurred_at": self.occurred_at.isoformat(),
+                "occurred_at": self.occurred_at.astimezone(UTC).isoformat(),
                 "data": self.data.model_dump(mode="json"),
             },
             sort_keys=True,

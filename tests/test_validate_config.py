@@ -147,7 +147,9 @@ def test_wrong_type_is_reported(write_config: WriteConfig) -> None:
     ]
 
 
-TEMPLATE_BASE = BASE + """\
+TEMPLATE_BASE = (
+    BASE
+    + """\
 templates:
   receipt:
     kind: transactional
@@ -158,6 +160,7 @@ templates:
       POINTS: data.points
       NAME: data.reward_name
 """
+)
 
 
 def test_template_tags_must_all_be_mapped(write_config: WriteConfig) -> None:
@@ -293,7 +296,9 @@ def test_routing_targets_must_exist_and_unrouted_types_warn(write_config: WriteC
 
 
 def test_unknown_locale_and_currency(write_config: WriteConfig) -> None:
-    path = write_config(BASE.replace("en_CA, default_currency: CAD", "xx_YY, default_currency: CAX"))
+    path = write_config(
+        BASE.replace("en_CA, default_currency: CAD", "xx_YY, default_currency: CAX")
+    )
     assert lines_of(path) == [
         f"{path}:10: locale.default_locale: unknown locale 'xx_YY'\n"
         "  hint: a Babel locale such as en_CA or fr_CA",
@@ -314,17 +319,16 @@ def test_literal_secret_is_a_warning(write_config: WriteConfig) -> None:
 
 def test_unset_env_reference_is_an_error_outside_secrets(write_config: WriteConfig) -> None:
     path = write_config(BASE + "dead_letter:\n  dir: ${DL_DIR}\n")
-    assert lines_of(path) == [
-        f"{path}:12: dead_letter.dir: environment variable DL_DIR is not set"
-    ]
+    assert lines_of(path) == [f"{path}:12: dead_letter.dir: environment variable DL_DIR is not set"]
 
 
 def test_all_done_when_problems_in_one_file_in_one_run(write_config: WriteConfig) -> None:
     """51 attributes, triggered without template_id, unmapped tag, YAML error, misspelt key."""
     batch = "".join(f"    - {{name: Bt{i}, type: INT}}\n" for i in range(51))
     text = (
-        BASE.replace("attributes:\n", f"attributes:\n  batch:\n{batch}")
-        .replace("  api_key:", "  api_kee:")
+        BASE.replace("attributes:\n", f"attributes:\n  batch:\n{batch}").replace(
+            "  api_key:", "  api_kee:"
+        )
         + "templates:\n"
         "  welcome: {kind: triggered, event: MEMBER_REGISTRATION}\n"
         "  receipt:\n"
@@ -361,8 +365,9 @@ def test_json_report(write_config: WriteConfig) -> None:
     }
 
 
-def test_config_discovery_from_env(write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch,
-                                   tmp_path: Path) -> None:
+def test_config_discovery_from_env(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     path = write_config(BASE + "dead_letter: {retention_days: soon}\n")
     monkeypatch.setenv("OPTISYNC_CONFIG", str(path))
     result = invoke("validate-config", expect=ExitCode.CONFIG)
@@ -373,8 +378,9 @@ def test_config_discovery_from_env(write_config: WriteConfig, monkeypatch: pytes
     assert "optisync.yaml:11: dead_letter.retention_days" in result.stderr
 
 
-def test_env_override_is_validated_and_named(write_config: WriteConfig,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_override_is_validated_and_named(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write_config(BASE)
     monkeypatch.setenv("OPTISYNC_DEAD_LETTER__RETENTION_DAYS", "-3")
     assert lines_of(path) == [

@@ -1,0 +1,109 @@
+"""Loading: ${ENV} interpolation, OPTISYNC_ overrides, precedence, secrets never shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from optisync.config import optimove_type
+from optisync.configfile import load_config
+from optisync.errors import ConfigError
+
+from .conftest import WriteConfig
+
+
+def test_env_interpolation_with_default(write_config: WriteConfig) -> None:
+    path = write_config("optimove:\n  api_url: ${API:-http://127.0.0.1:9}\n  api_key: ${KEY}\n")
+    config = load_config(path, environ={"KEY": "k-123"})
+    assert config.optimove.api_url == "http://127.0.0.1:9"
+    assert config.optimove.secret("api_key") == "k-123"
+    config = load_config(path, environ={"KEY": "k", "API": "https://api5.optimove.net/"})
+    assert config.optimove.api_url == "https://api5.optimove.net"
+
+
+def test_override_beats_file_and_parses_scalars(write_config: WriteConfig) -> None:
+    path = write_config("optimove:\n  api_url: http://file\n  concurrency: 2\n")
+    config = load_config(
+        path,
+        environ={
+            "OPTISYNC_OPTIMOVE__API_URL": "http://env",
+            "OPTISYNC_OPTIMOVE__CONCURRENCY": "8",
+            "OPTISYNC_OPTIMOVE__RETRY__MAX_ATTEMPTS": "2",
+            "OPTISYNC_DEAD_LETTER__DIR": "/tmp/dl",
+            "OPTISYNC_CONFIG": "ignored: not a section override",
+        },
+    )
+    assert config.optimove.api_url == "http://env"
+    assert config.optimove.concurrency == 8
+    assert config.optimove.retry.max_attempts == 2
+    assert config.dead_letter.dir == Path("/tmp/dl")
+
+
+def test_secret_from_env_override_stays_a_string(write_config: WriteConfig) -> None:
+    path = write_config("optimove: {}\n")
+    config = load_config(path, environ={"OPTISYNC_OPTIMOVE__API_KEY": "0012"})
+    assert config.optimove.secret("api_key") == "0012"  # not parsed as the number 12
+
+
+def test_secret_from_file(write_config: WriteConfig, tmp_path: Path) -> None:
+    (tmp_path / "key.txt").write_text("from-file\n")
+    path = write_config(f"optimove:\n  api_key_file: {tmp_path / 'key.txt'}\n")
+    assert load_config(path, environ={}).optimove.secret("api_key") == "from-file"
+
+
+def test_secrets_never_in_repr_or_dump(write_config: WriteConfig) -> None:
+    path = write_config("optimove:\n  api_key: ${K}\n  events_token: ${T}\n")
+    config = load_config(path, environ={"K": "SECRET-KEY-1", "T": "SECRET-TOKEN-2"})
+    text = repr(config) + str(config.model_dump()) + config.model_dump_json()
+    assert "SECRET-KEY-1" not in text
+    assert "SECRET-TOKEN-2" not in text
+
+
+def test_invalid_config_raises_with_every_problem(write_config: WriteConfig) -> None:
+    path = write_config("optimove:\n  concurency: 2\nlocale: {default_locale: 5}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.problems == [
+        f"{path}:2: optimove.concurency: unknown key 'concurency'\n"
+        "  hint: did you mean 'concurrency'?",
+        f"{path}:3: locale.default_locale: Input should be a valid string",
+    ]
+
+
+def test_relative_paths_resolve_against_the_config_folder(write_config: WriteConfig) -> None:
+    path = write_config("dead_letter: {dir: letters}\n")
+    config = load_config(path, environ={})
+    assert config.path(config.dead_letter.dir) == path.parent / "letters"
+
+
+def test_duplicate_yaml_key_is_reported(write_config: WriteConfig) -> None:
+    path = write_config("locale: {}\nlocale: {}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.problems == [
+        f"{path}:2: locale: duplicate key (first at line 1); YAML keeps only one"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("money", "DECIMAL(19,4)"),
+        ("decimal(19, 4)", "DECIMAL(19,4)"),
+        ("int", "INT"),
+        ("BIGINT", "BIGINT"),
+        ("date", "DATE"),
+        ("nvarchar(40)", "NVARCHAR(40)"),
+        ("VARCHAR( 8 )", "VARCHAR(8)"),
+        ("string", "NVARCHAR(255)"),
+    ],
+)
+def test_attribute_types_and_aliases(given: str, expected: str) -> None:
+    assert optimove_type(given) == expected
+
+
+@pytest.mark.parametrize("bad", ["FLOAT", "VARCHAR(0)", "VARCHAR(5000)", "DECIMAL(10,2)"])
+def test_attribute_types_rejected(bad: str) -> None:
+    with pytest.raises(ValueError, match="attribute type|size must be"):
+        optimove_type(bad)

@@ -1,0 +1,138 @@
+"""One test per documented exit code (design.md §2): the codes are a public API."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+
+from optisync import errors
+from optisync.cli import OptisyncGroup, app
+from optisync.errors import ExitCode
+
+from .conftest import WriteConfig, invoke
+
+
+def test_table_matches_design() -> None:
+    assert {c.name: int(c) for c in ExitCode} == {
+        "OK": 0,
+        "INTERNAL": 1,
+        "USAGE": 2,
+        "CONFIG": 3,
+        "INVALID_INPUT": 4,
+        "REFUSED": 5,
+        "UNAVAILABLE": 6,
+        "PARTIAL": 7,
+        "LOCKED": 75,
+        "INTERRUPTED": 130,
+    }
+
+
+def test_0_ok(write_config: WriteConfig) -> None:
+    from .test_validate_config import BASE
+
+    invoke("validate-config", str(write_config(BASE)), expect=ExitCode.OK)
+
+
+def test_1_internal_error_hides_traceback_unless_verbose(
+    monkeypatch: pytest.MonkeyPatch, write_config: WriteConfig
+) -> None:
+    from optisync import validate
+
+    def boom(*_: object, **__: object) -> None:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(validate, "validate_config", boom)
+    path = str(write_config("{}"))
+    result = invoke("validate-config", path, expect=ExitCode.INTERNAL)
+    assert "internal error: ZeroDivisionError: division by zero" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = invoke("-v", "validate-config", path, expect=ExitCode.INTERNAL)
+    assert "Traceback" in result.stderr
+
+
+def test_2_usage_error() -> None:
+    result = invoke("validate-config", "--no-such-flag", expect=ExitCode.USAGE)
+    assert "No such option" in result.stderr
+
+
+def test_3_config_invalid_or_missing(tmp_path: object) -> None:
+    result = invoke("validate-config", "/nonexistent/optisync.yaml", expect=ExitCode.CONFIG)
+    assert "config file /nonexistent/optisync.yaml not found" in result.stderr
+
+
+# Codes 4-7, 75 and 130 come from push, replay and export runs; their end-to-end tests live
+# with those commands. Here: each error class reaches its code through the one mapping.
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (errors.InvalidInputError("2 invalid records"), ExitCode.INVALID_INPUT),
+        (errors.AuthError("Optimove refused the API key (401)"), ExitCode.REFUSED),
+        (errors.UnavailableError("Optimove unavailable after 6 attempts"), ExitCode.UNAVAILABLE),
+        (errors.StorageError("dead-letter folder is full"), ExitCode.UNAVAILABLE),
+        (errors.PartialFailure("3 of 10 dead-lettered"), ExitCode.PARTIAL),
+        (errors.LockedError("another optisync run holds the lock"), ExitCode.LOCKED),
+        (errors.Interrupted("interrupted"), ExitCode.INTERRUPTED),
+        (KeyboardInterrupt(), ExitCode.INTERRUPTED),
+    ],
+    ids=[
+        "4-invalid",
+        "5-refused",
+        "6-unavailable",
+        "6-storage",
+        "7-partial",
+        "75-locked",
+        "130-interrupted",
+        "130-ctrl-c",
+    ],
+)
+def test_error_classes_map_to_codes(exc: BaseException, code: ExitCode) -> None:
+    from typer.testing import CliRunner
+
+    probe = typer.Typer(cls=OptisyncGroup)
+
+    @probe.command()
+    def fail() -> None:
+        raise exc
+
+    @probe.command()
+    def other() -> None:  # a second command keeps Typer from flattening the group
+        pass
+
+    result = CliRunner().invoke(probe, ["fail"])
+    assert result.exit_code == code
+    assert result.stderr.startswith("optisync: error: ")
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    from typer.main import get_command
+
+    group = get_command(app)
+    assert isinstance(group, OptisyncGroup)
+
+    def walk(cmd: object, path: list[str]) -> list[list[str]]:
+        import click
+
+        assert isinstance(cmd, click.Command)
+        if isinstance(cmd, click.Group):
+            return [p for name, sub in cmd.commands.items() for p in walk(sub, [*path, name])]
+        return [path]
+
+    commands = walk(group, [])
+    assert ["validate-config"] in commands
+    for path in commands:
+        result = invoke(*path, "--help")
+        assert "Example: optisync " in result.stdout, path
+
+
+def test_readme_mentions_every_command() -> None:
+    from typer.main import get_command
+
+    from .conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    group = get_command(app)
+    import click
+
+    assert isinstance(group, click.Group)
+    for name in group.commands:
+        assert f"optisync {name}" in readme, name
