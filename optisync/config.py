@@ -37,5 +37,6 @@ class OptimoveSettings(Strict):
     concurrency: int = Field(4, ge=1, le=64)
     rate_limit: RateLimit = RateLimit()
     transactional_rate_limit: RateLimit = RateLimit(requests=10, per_seconds=1.0)
+    events_rate_limit: RateLimit | None = None  # events gateway: unlimited unless set
     retry: RetryPolicy = RetryPolicy()
     events_per_request: int = Field(1, ge=1, le=50)
