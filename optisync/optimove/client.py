@@ -1,0 +1,381 @@
+"""The Optimove client: one keep-alive connection pool, auth, signing, rate limits, retries.
+
+Each endpoint method takes an already-built JSON body and returns a :class:`Delivery`.
+HTTP outcomes never raise, with one exception: when Optimove rejects the credentials
+(401/403) the client raises :class:`OptimoveAuthError` (an :class:`optisync.errors.AuthError`,
+exit code 5) carrying the failed ``Delivery``. A bad key fails every later message too, so
+it must stop the run rather than be counted as one undelivered message; the caller
+dead-letters ``exc.delivery`` and everything not yet sent.
+
+When retries run out the ``Delivery`` comes back with ``ok=False`` and outcome
+``transient`` or ``rate_limited``; deciding what that means for the run (dead letter,
+exit 6) is the caller's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx
+from tenacity import RetryCallState, Retrying, retry_if_result, wait_random_exponential
+
+from optisync import __version__
+from optisync.errors import AuthError, ConfigError
+from optisync.optimove.outcome import (
+    ACCEPTED,
+    Delivery,
+    Endpoint,
+    Outcome,
+    classify,
+    classify_exception,
+)
+from optisync.optimove.ratelimit import Limiter, RateLimiter, UnlimitedLimiter
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from optisync.config import OptimoveSettings
+
+log = logging.getLogger("optisync.optimove")
+
+#: A request body: JSON-able data, or bytes already serialized (e.g. from a dead letter).
+Body = dict[str, Any] | list[Any] | bytes
+
+SIGNATURE_VERSION_HEADER = "X-Optimove-Signature-Version"
+SIGNATURE_CONTENT_HEADER = "X-Optimove-Signature-Content"
+
+
+class OptimoveAuthError(AuthError):
+    """Optimove rejected the API key or events token (401/403); ``delivery`` is the failed send."""
+
+    def __init__(self, message: str, *, delivery: Delivery, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.delivery = delivery
+
+    @classmethod
+    def from_delivery(cls, delivery: Delivery) -> OptimoveAuthError:
+        if delivery.endpoint == Endpoint.EVENTS:
+            credential, setting = "events token", "optimove.events_token"
+        else:
+            credential, setting = "API key", "optimove.api_key"
+        message = (
+            f"Optimove refused the {credential} (HTTP {delivery.status}) on {delivery.endpoint}"
+        )
+        if delivery.error:
+            message += f": {delivery.error}"
+        return cls(
+            message,
+            delivery=delivery,
+            hint=f"check {setting}: it may be wrong, revoked, or lack rights for this call",
+        )
+
+
+def encode_body(body: Body) -> bytes:
+    """Serialize a body once: compact UTF-8 JSON, non-ASCII kept as is; bytes pass through.
+
+    Raises:
+        ValueError: for NaN/Infinity, which JSON cannot carry.
+        TypeError: for values JSON cannot represent.
+    """
+    if isinstance(body, bytes):
+        return body
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+def sign_body(content: bytes, token: str) -> str:
+    """Hex HMAC-SHA256 of the exact request bytes keyed by the events token (§1.2)."""
+    return hmac.new(token.encode("utf-8"), content, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Route:
+    endpoint: Endpoint
+    url: str
+    limiter: Limiter
+    transactional: bool = False
+
+
+class OptimoveClient:
+    """Client for Optimove's REST API and the server-side events gateway.
+
+    Safe to share between the threads of a small pool. Use it as a context manager, or
+    call :meth:`close`.
+
+    Args:
+        settings: the ``optimove`` config section.
+        transport: httpx transport (tests pass ``httpx.MockTransport``).
+        sleep: what rate limiting and retry backoff wait with (tests record it).
+        clock: monotonic clock for rate limiting and the retry time budget.
+        general_limiter, transactional_limiter, events_limiter: override the limiters
+            built from ``settings`` (e.g. with one shared between processes).
+    """
+
+    def __init__(
+        self,
+        settings: OptimoveSettings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        general_limiter: Limiter | None = None,
+        transactional_limiter: Limiter | None = None,
+        events_limiter: Limiter | None = None,
+    ) -> None:
+        self._settings = settings
+        self._sleep = sleep
+        self._clock = clock
+        self._api_url = settings.api_url.rstrip("/")
+        self._general = general_limiter or RateLimiter.from_config(
+            settings.rate_limit, clock=clock, sleep=sleep
+        )
+        self._transactional = transactional_limiter or RateLimiter.from_config(
+            settings.transactional_rate_limit, clock=clock, sleep=sleep
+        )
+        if events_limiter is not None:
+            self._events: Limiter = events_limiter
+        elif settings.events_rate_limit is not None:
+            self._events = RateLimiter.from_config(
+                settings.events_rate_limit, clock=clock, sleep=sleep
+            )
+        else:
+            self._events = UnlimitedLimiter()
+        self._secrets = [
+            s.get_secret_value()
+            for s in (settings.api_key, settings.events_token)
+            if s is not None and s.get_secret_value()
+        ]
+        self._http = httpx.Client(
+            transport=transport,
+            timeout=httpx.Timeout(settings.timeouts.read, connect=settings.timeouts.connect),
+            limits=httpx.Limits(
+                max_connections=settings.concurrency,
+                max_keepalive_connections=settings.concurrency,
+            ),
+            headers={
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": f"optisync/{__version__}",
+            },
+            # Never follow a redirect: it could carry the API key to another host.
+            follow_redirects=False,
+        )
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    def report_events(self, body: Body) -> Delivery:
+        """POST one event or a list of events to the events gateway (``events_url``).
+
+        Signed with HMAC-SHA256 of the exact bytes sent when ``events_token`` is set.
+
+        Raises:
+            ConfigError: ``events_url`` is not set.
+            OptimoveAuthError: the gateway answered 401/403.
+        """
+        return self.send(Endpoint.EVENTS, body)
+
+    def update_customer_attributes(self, body: Body) -> Delivery:
+        """POST ``/Customers/UpdateCustomerAttributes`` (general rate limit).
+
+        Raises:
+            ConfigError: ``api_key`` is not set.
+            OptimoveAuthError: Optimove answered 401/403.
+        """
+        return self.send(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, body)
+
+    def send_transactional_mail(self, body: Body) -> Delivery:
+        """POST ``/TransactionalMail/SendTransactionalMail`` (transactional rate limit).
+
+        206 → ``partial`` (sent; ``error`` names missing tags), 409 → ``duplicate``,
+        ``IsSuccess: false`` → ``fatal``.
+
+        Raises:
+            ConfigError: ``api_key`` is not set.
+            OptimoveAuthError: Optimove answered 401/403.
+        """
+        return self.send(Endpoint.SEND_TRANSACTIONAL_MAIL, body)
+
+    def add_promotions(self, body: Body) -> Delivery:
+        """POST ``/Integrations/AddPromotions`` (general rate limit).
+
+        Raises:
+            ConfigError: ``api_key`` is not set.
+            OptimoveAuthError: Optimove answered 401/403.
+        """
+        return self.send(Endpoint.ADD_PROMOTIONS, body)
+
+    def add_unsubscribers(self, body: Body) -> Delivery:
+        """POST ``/Optimail/AddUnsubscribers`` (general rate limit).
+
+        Raises:
+            ConfigError: ``api_key`` is not set.
+            OptimoveAuthError: Optimove answered 401/403.
+        """
+        return self.send(Endpoint.ADD_UNSUBSCRIBERS, body)
+
+    def delete_unsubscribers(self, body: Body) -> Delivery:
+        """POST ``/Optimail/DeleteUnsubscribers`` (general rate limit).
+
+        Raises:
+            ConfigError: ``api_key`` is not set.
+            OptimoveAuthError: Optimove answered 401/403.
+        """
+        return self.send(Endpoint.DELETE_UNSUBSCRIBERS, body)
+
+    # -- the one send path -----------------------------------------------------------------
+
+    def send(self, endpoint: Endpoint | str, body: Body) -> Delivery:
+        """Send ``body`` to ``endpoint`` with rate limiting and retries (replay dispatches here).
+
+        Raises:
+            ValueError: ``endpoint`` is not an :class:`Endpoint` value.
+            ConfigError: the URL or credential this endpoint needs is not configured.
+            OptimoveAuthError: Optimove answered 401/403.
+        """
+        route = self._route(Endpoint(endpoint))
+        content = encode_body(body)
+        headers = self._headers(route, content)
+        policy = self._settings.retry
+        started = self._clock()
+        attempts = 0
+
+        def attempt() -> Outcome:
+            nonlocal attempts
+            attempts += 1
+            return self._attempt(route, content, headers)
+
+        jitter = wait_random_exponential(multiplier=policy.base_delay, max=policy.max_delay)
+
+        def wait(state: RetryCallState) -> float:
+            last = _outcome_of(state)
+            if policy.respect_retry_after and last.retry_after is not None:
+                return min(last.retry_after, policy.max_delay)
+            return jitter(state)
+
+        def stop(state: RetryCallState) -> bool:
+            if state.attempt_number >= policy.max_attempts:
+                return True
+            elapsed = self._clock() - started
+            return elapsed + state.upcoming_sleep > policy.max_total_seconds
+
+        def log_retry(state: RetryCallState) -> None:
+            last = _outcome_of(state)
+            # A status, or the transport error's class name (its message stays out of logs).
+            cause = str(last.status) if last.status is not None else (last.error or "error")
+            cause = cause.split(":", 1)[0]
+            log.info(
+                "retry %d/%d in %.1fs after %s on %s",
+                state.attempt_number + 1,
+                policy.max_attempts,
+                state.upcoming_sleep,
+                cause,
+                route.endpoint.value,
+            )
+
+        retrying = Retrying(
+            sleep=self._sleep,
+            stop=stop,
+            wait=wait,
+            retry=retry_if_result(lambda o: isinstance(o, Outcome) and o.retryable),
+            before_sleep=log_retry,
+            retry_error_callback=_outcome_of,
+        )
+        outcome: Outcome = retrying(attempt)
+        delivery = Delivery(
+            ok=outcome.kind in ACCEPTED,
+            status=outcome.status,
+            outcome=outcome.kind,
+            error=self._redact(outcome.error),
+            attempts=attempts,
+            endpoint=route.endpoint.value,
+            body=content,
+        )
+        if delivery.outcome == "auth":
+            raise OptimoveAuthError.from_delivery(delivery)
+        return delivery
+
+    def _attempt(self, route: _Route, content: bytes, headers: dict[str, str]) -> Outcome:
+        # The permit is held until the answer is in, so the limiter can count from then.
+        with route.limiter.acquire():
+            try:
+                response = self._http.post(route.url, content=content, headers=headers)
+            except httpx.TransportError as exc:
+                return classify_exception(exc)
+        return classify(response, transactional=route.transactional)
+
+    def _route(self, endpoint: Endpoint) -> _Route:
+        if endpoint is Endpoint.EVENTS:
+            if not self._settings.events_url:
+                raise ConfigError(
+                    "optimove.events_url is not set; it is needed to report events",
+                    hint="set it to the events endpoint Optimove gave you at onboarding",
+                )
+            return _Route(endpoint, self._settings.events_url, self._events)
+        limiter = self._general
+        transactional = endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL
+        if transactional:
+            limiter = self._transactional
+        return _Route(endpoint, self._api_url + endpoint.value, limiter, transactional)
+
+    def _headers(self, route: _Route, content: bytes) -> dict[str, str]:
+        if route.endpoint is Endpoint.EVENTS:
+            # The gateway authenticates by signature; the API key is not sent there.
+            token = self._settings.events_token
+            if token is None or not token.get_secret_value():
+                return {}
+            return {
+                SIGNATURE_VERSION_HEADER: "1",
+                SIGNATURE_CONTENT_HEADER: sign_body(content, token.get_secret_value()),
+            }
+        key = self._settings.api_key
+        if key is None or not key.get_secret_value():
+            raise ConfigError(
+                f"optimove.api_key is not set; it is needed for {route.endpoint.value}",
+                hint="set optimove.api_key (or its environment variable)",
+            )
+        return {"X-API-KEY": key.get_secret_value()}
+
+    def _redact(self, text: str | None) -> str | None:
+        if text is None:
+            return None
+        for secret in self._secrets:
+            text = text.replace(secret, "****")
+        return text
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        events = urlsplit(self._settings.events_url).netloc if self._settings.events_url else None
+        return f"OptimoveClient(api_url={self._api_url!r}, events_host={events!r})"
+
+
+def _outcome_of(state: RetryCallState) -> Outcome:
+    assert state.outcome is not None  # tenacity only calls back after an attempt
+    result = state.outcome.result()
+    assert isinstance(result, Outcome)
+    return result
