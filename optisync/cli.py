@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -148,6 +151,246 @@ def validate_config_cmd(
         )
     if not out.json:
         out.info(f"{report.path}: valid ({len(report.warnings)} warning(s))")
+
+
+Only = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--only",
+        help="Send only to these targets (repeatable): events, attributes, opt_in, email,"
+        " promotions.",
+    ),
+]
+Wait = Annotated[
+    bool, typer.Option("--wait", help="Wait for another run's lock instead of exiting 75.")
+]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Validate and show; send nothing.")]
+
+
+@app.command("push-event")
+def push_event_cmd(
+    ctx: typer.Context,
+    type_: Annotated[
+        str | None, typer.Option("--type", help="Event type, e.g. REDEMPTION.")
+    ] = None,
+    member: Annotated[str | None, typer.Option("--member", help="Loyalty member id.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="The event's data as JSON.")] = None,
+    email: Annotated[str | None, typer.Option("--email", help="Member email.")] = None,
+    locale: Annotated[str | None, typer.Option("--locale", help="Member locale.")] = None,
+    event_id: Annotated[str | None, typer.Option("--id", help="Message id.")] = None,
+    occurred_at: Annotated[
+        str | None, typer.Option("--occurred-at", help="RFC 3339 time (default: now).")
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="One event as a JSON file.", dir_okay=False)
+    ] = None,
+    input_: Annotated[
+        str | None,
+        typer.Option("--input", help="Newline-delimited JSON events; '-' reads stdin."),
+    ] = None,
+    only: Only = None,
+    dry_run: DryRun = False,
+    wait: Wait = False,
+) -> None:
+    """Send loyalty events to Optimove: events, attributes, opt-in and email.
+
+    Invalid lines become 'invalid' dead letters and never stop the valid ones.
+
+    Example: optisync push-event --input examples/events.ndjson --dry-run
+    """
+    from optisync.commands import EventSource, push_event
+
+    out = _output(ctx)
+    source = EventSource(
+        type=type_,
+        member=member,
+        data=data,
+        email=email,
+        locale=locale,
+        event_id=event_id,
+        occurred_at=occurred_at,
+        file=file,
+        input=input_,
+    )
+    with _progress(out, "pushing") as progress:
+        summary = push_event(
+            out.config, source, only=only, dry_run=dry_run, wait=wait, progress=progress
+        )
+    _render(out, summary)
+
+
+@app.command("replay")
+def replay_cmd(
+    ctx: typer.Context,
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="Only letters of this target kind.")
+    ] = None,
+    type_: Annotated[str | None, typer.Option("--type", help="Only this event type.")] = None,
+    since: Annotated[
+        datetime | None, typer.Option("--since", help="Only letters first failed since then.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N letters.")] = None,
+    dry_run: DryRun = False,
+    wait: Wait = False,
+) -> None:
+    """Re-send dead letters with their original idempotency keys.
+
+    A delivered letter leaves the folder; a failing one stays with its attempts raised.
+
+    Example: optisync replay --kind email --since 2026-11-25
+    """
+    from datetime import UTC
+
+    from optisync.commands import replay_letters
+    from optisync.delivery import ReplayFilter
+
+    out = _output(ctx)
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    summary = replay_letters(
+        out.config,
+        ReplayFilter(kind=kind, type=type_, since=since, limit=limit),
+        dry_run=dry_run,
+        wait=wait,
+    )
+    _render(out, summary)
+
+
+@app.command("sandbox")
+def sandbox_cmd(
+    host: Annotated[str, typer.Option(help="Loopback address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8765,
+    api_key: Annotated[
+        str, typer.Option("--api-key", envvar="OPTIMOVE_API_KEY", help="Key clients must send.")
+    ] = "sandbox-key",
+    events_token: Annotated[
+        str | None,
+        typer.Option("--events-token", envvar="OPTIMOVE_EVENTS_TOKEN", help="HMAC token."),
+    ] = None,
+    tenant_id: Annotated[int, typer.Option("--tenant-id", help="Tenant id events carry.")] = 1234,
+    no_limits: Annotated[
+        bool, typer.Option("--no-limits", help="Do not enforce rate limits and caps.")
+    ] = False,
+    record: Annotated[
+        Path | None, typer.Option("--record", help="Append accepted requests to this JSONL.")
+    ] = None,
+    error_rate: Annotated[float, typer.Option(help="Share of requests answered 503.")] = 0.0,
+    burst_429: Annotated[float, typer.Option(help="Chance a request starts a 429 burst.")] = 0.0,
+    latency_ms: Annotated[float, typer.Option(help="Added latency per response.")] = 0.0,
+    drop_rate: Annotated[float, typer.Option(help="Share of connections dropped.")] = 0.0,
+    lost_response_rate: Annotated[
+        float, typer.Option(help="Share processed but never answered.")
+    ] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for repeatable faults.")] = None,
+    config_templates: Annotated[
+        Path | None,
+        typer.Option("--templates-from", help="Learn transactional templates from this config."),
+    ] = None,
+) -> None:
+    """Serve a local stand-in for Optimove's APIs on loopback, for trials and tests.
+
+    Example: optisync sandbox --port 8765 --error-rate 0.2 --seed 7
+    """
+    from optisync.sandbox import Faults, SandboxConfig, serve
+
+    templates = None
+    if config_templates is not None:
+        from optisync.sandbox_templates import templates_from_config
+
+        templates = templates_from_config(config_templates)
+    faults = Faults(
+        error_rate=error_rate,
+        burst_429=burst_429,
+        latency_ms=latency_ms,
+        drop_rate=drop_rate,
+        lost_response_rate=lost_response_rate,
+        seed=seed,
+    )
+    config = SandboxConfig(
+        api_key=api_key,
+        tenant_id=tenant_id,
+        events_token=events_token,
+        enforce_limits=not no_limits,
+        templates=templates,
+        faults=faults,
+        record_path=record,
+    )
+    serve(config, host, port)
+
+
+def _render(out: Output, summary: Any) -> None:
+    from optisync.commands import raise_for
+
+    if out.json:
+        out.emit_json(summary.as_dict())
+    else:
+        if summary.dry_run:
+            _print_plans(out, summary.plans)
+        if out.interactive or summary.exit_code() != ExitCode.OK:
+            _table(out, summary)
+    raise_for(summary)
+
+
+def _print_plans(out: Output, plans: list[dict[str, Any]]) -> None:
+    import json
+
+    for plan in plans:
+        if "invalid" in plan:
+            out.stdout.write(f"line {plan['line']}: invalid: {plan['invalid']}\n")
+            continue
+        if "letters" in plan:
+            out.stdout.write(f"{plan['endpoint']}: {len(plan['letters'])} letter(s)\n")
+            continue
+        where = f"line {plan['line']} " if plan.get("line") else ""
+        targets = ", ".join(plan["targets"]) or "nothing"
+        out.stdout.write(
+            f"{where}{plan['id']} {plan['type']} -> {targets} (rules: {', '.join(plan['rules'])})\n"
+        )
+        for request in plan["requests"]:
+            body = json.dumps(request["body"], ensure_ascii=False)
+            out.stdout.write(f"    {request['endpoint']} {body}\n")
+
+
+def _table(out: Output, summary: Any) -> None:
+    data = summary.as_dict()
+    rows = [(k, v) for k, v in data.items() if isinstance(v, int) and k != "exit_code"]
+    if out.interactive:
+        from rich.table import Table
+
+        table = Table(title=f"optisync {summary.command} {summary.run_id}", show_header=False)
+        for key, value in rows:
+            table.add_row(key.replace("_", " "), str(value))
+        out.err.print(table)
+    else:
+        out.line(" ".join(f"{k}={v}" for k, v in rows))
+    for warning in data["warnings"][:20]:
+        out.line(f"warning: {warning}")
+    if data.get("emd_unmapped"):
+        keys = ", ".join(f"{k} ({n})" for k, n in sorted(data["emd_unmapped"].items()))
+        out.line(f"EMD keys not mapped to attributes (not sent): {keys}")
+
+
+@contextmanager
+def _progress(out: Output, label: str) -> Iterator[Callable[[int, int | None], None] | None]:
+    if not out.interactive:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        f"[bold]{label}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=out.err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
 
 
 @schema_app.command("events")

@@ -1,0 +1,285 @@
+"""push-event and replay through the CLI, with Optimove replaced by an httpx.MockTransport."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from optisync import commands
+from optisync.config import Config
+from optisync.deadletter import DeadLetterStore
+from optisync.errors import ExitCode
+from optisync.optimove.client import OptimoveClient
+
+from .conftest import EXAMPLES, invoke
+
+Handler = Callable[[httpx.Request], httpx.Response]
+KEY = "test-key-7f3a9c"
+TOKEN = "test-token-51be"
+
+
+class FakeOptimove:
+    """Answers like Optimove and records every request it accepted."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, Any]] = []
+        self.status: dict[str, int] = {}  # path suffix -> forced status
+        self.sent_uids: set[str] = set()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        for suffix, status in self.status.items():
+            if path.endswith(suffix):
+                return httpx.Response(status, json={"Error": f"forced {status}"})
+        body = json.loads(request.content)
+        self.requests.append((path, body))
+        if path.endswith("SendTransactionalMail"):
+            uid = body.get("UniqueMessageID")
+            if uid in self.sent_uids:
+                return httpx.Response(409, json={"IsSuccess": False, "Error": "succeeded before"})
+            self.sent_uids.add(uid)
+            return httpx.Response(200, json={"IsSuccess": True, "SendID": 1, "Error": None})
+        if path.endswith("reportEvent"):
+            return httpx.Response(200, json={"status": "success", "message": "1"})
+        return httpx.Response(202, json={"requestId": "r"})
+
+    def bodies(self, suffix: str) -> list[Any]:
+        return [body for path, body in self.requests if path.endswith(suffix)]
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeOptimove:
+    fake = FakeOptimove()
+
+    def factory(config: Config) -> Callable[[], OptimoveClient]:
+        def make() -> OptimoveClient:
+            settings = config.optimove
+            return OptimoveClient(settings, transport=httpx.MockTransport(fake),
+                                  sleep=lambda _: None)
+        return make
+
+    monkeypatch.setattr(commands, "client_factory_for", factory)
+    monkeypatch.setenv("OPTISYNC_CONFIG", str(EXAMPLES / "optisync.yaml"))
+    monkeypatch.setenv("OPTIMOVE_API_KEY", KEY)
+    monkeypatch.setenv("OPTIMOVE_EVENTS_TOKEN", TOKEN)
+    monkeypatch.setenv("OPTIMOVE_API_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("OPTIMOVE_EVENTS_URL", "http://127.0.0.1:9/reportEvent")
+    monkeypatch.setenv("OPTISYNC_DEAD_LETTER__DIR", str(tmp_path / "dl"))
+    monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__BASE_DELAY", "0")
+    return fake
+
+
+def letters(tmp_path: Path) -> list[dict[str, Any]]:
+    store = DeadLetterStore(tmp_path / "dl")
+    return [letter.model_dump(mode="json", by_alias=True) for _, letter in store.iter_letters()]
+
+
+def test_examples_push_every_target(fake: FakeOptimove, tmp_path: Path) -> None:
+    result = invoke("--json", "push-event", "--input", str(EXAMPLES / "events.ndjson"))
+    summary = json.loads(result.stdout)
+    assert summary["read"] == 11
+    assert summary["sent"] == 11
+    assert summary["dead_lettered"] == 0
+    assert letters(tmp_path) == []
+    events = fake.bodies("reportEvent")
+    redemption = next(e for e in events if e["event"] == "redemption")
+    assert redemption == {
+        "tenant": 1234,
+        "event": "redemption",
+        "customer": "M000124",
+        "timestamp": "2026-11-25 15:15:00.000000 UTC",
+        "context": {"redemption_id": "R9", "points": 5000, "reward_name": "Carte-cadeau",
+                    "reward_value": "1\xa0234,50\xa0$"},
+    }
+    # attribute updates are packed: a call holds each customer once, so a customer seen
+    # again starts the next call (6 updates, M000123 three times -> 3 calls)
+    calls = fake.bodies("UpdateCustomerAttributes")
+    assert len(calls) == 3
+    customers: dict[str, list[Any]] = {}
+    for call in calls:
+        ids = [e["CustomerID"] for e in call["CustomerNewAttributesValuesList"]]
+        assert len(ids) == len(set(ids))
+        for entry in call["CustomerNewAttributesValuesList"]:
+            customers.setdefault(entry["CustomerID"], []).extend(entry["Attributes"])
+    assert {"RealFieldName": "TierName", "Value": "Gold"} in customers["M000124"]
+    assert {"RealFieldName": "FavouriteStore", "Value": "Queen St"} in customers["M000123"]
+    mails = fake.bodies("SendTransactionalMail")
+    assert {m["TemplateID"] for m in mails} == {1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008}
+    receipt = next(m for m in mails if m["TemplateID"] == 1001)
+    assert receipt["Recipients"][0]["Email"] == "marc@example.com"
+    assert {"Tag": "REWARD_VALUE", "Value": "1\xa0234,50\xa0$"} in (
+        receipt["Recipients"][0]["Personalizations"])
+    assert receipt["UniqueMessageID"].startswith("optisync-")
+
+
+def test_customers_seen_twice_keep_order_in_separate_calls(
+    fake: FakeOptimove, tmp_path: Path
+) -> None:
+    lines = [
+        {"type": "MEMBER_TIER", "member_id": "M1", "occurred_at": "2026-11-25T10:00:00Z",
+         "data": {"tier": tier}} for tier in ("Silver", "Gold")
+    ]
+    path = tmp_path / "in.ndjson"
+    path.write_text("\n".join(json.dumps(x) for x in lines))
+    invoke("push-event", "--only", "attributes", "--input", str(path))
+    calls = fake.bodies("UpdateCustomerAttributes")
+    assert [c["CustomerNewAttributesValuesList"][0]["Attributes"][0]["Value"] for c in calls] == [
+        "Silver", "Gold"]
+    assert fake.bodies("reportEvent") == []
+
+
+def test_invalid_lines_are_dead_lettered_and_the_rest_sent(
+    fake: FakeOptimove, tmp_path: Path
+) -> None:
+    good = (EXAMPLES / "events.ndjson").read_text().splitlines()[2]
+    path = tmp_path / "in.ndjson"
+    path.write_text(
+        "\n".join([
+            good,
+            "",
+            "{not json",
+            json.dumps({"type": "REDEMPTION", "member_id": "M1",
+                        "occurred_at": "2026-11-25T10:00:00Z", "data": {"points": "many"}}),
+            json.dumps({"type": "PURCHASE", "member_id": "M1", "occurred_at":
+                        "2026-11-25T10:00:00Z", "data": {"note": "card 4111 1111 1111 1111"}}),
+            '{"type": "REDEMPTION", "n": NaN}',
+        ]) + "\n"
+    )
+    result = invoke("--json", "push-event", "--input", str(path), expect=ExitCode.INVALID_INPUT)
+    summary = json.loads(result.stdout)
+    assert (summary["read"], summary["valid"], summary["invalid"], summary["sent"]) == (5, 1, 4, 1)
+    found = {letter["source"]["line"]: letter for letter in letters(tmp_path)}
+    assert sorted(found) == [3, 4, 5, 6]
+    assert all(x["kind"] == "input" and x["error"]["class"] == "invalid" for x in found.values())
+    assert found[3]["error"]["message"].startswith("bad JSON: Expecting property name")
+    assert "data.redemption_id: Field required" in found[4]["error"]["message"]
+    assert found[5]["error"]["message"] == (
+        "data.note: holds a card-number-like value; such messages are never sent")
+    assert "4111" not in json.dumps(found[5]) and "************1111" in json.dumps(found[5])
+    assert "NaN is not valid JSON" in found[6]["error"]["message"]
+    assert "4 invalid record(s)" in result.stderr
+
+
+def test_dry_run_sends_and_writes_nothing(fake: FakeOptimove, tmp_path: Path) -> None:
+    result = invoke("push-event", "--dry-run", "--input", str(EXAMPLES / "events.ndjson"))
+    assert fake.requests == []
+    assert not (tmp_path / "dl").exists()
+    first = result.stdout.splitlines()[0]
+    assert first == ("line 1 evt-0001 MEMBER_REGISTRATION -> events, attributes, opt_in,"
+                     " email:welcome (rules: registration)")
+    assert "/TransactionalMail/SendTransactionalMail" in result.stdout
+
+
+def test_single_event_from_flags(fake: FakeOptimove) -> None:
+    invoke("push-event", "--type", "MEMBER_TIER", "--member", "M7", "--id", "e1",
+           "--occurred-at", "2026-11-25T10:00:00+01:00", "--data", '{"tier": "Gold"}',
+           "--only", "events")
+    assert fake.bodies("reportEvent") == [{
+        "tenant": 1234, "event": "member_tier", "customer": "M7",
+        "timestamp": "2026-11-25 09:00:00.000000 UTC", "context": {"tier": "Gold"}}]
+
+
+def test_usage_errors(fake: FakeOptimove) -> None:
+    invoke("push-event", expect=ExitCode.USAGE)
+    invoke("push-event", "--input", "x", "--only", "webhooks", expect=ExitCode.USAGE)
+    invoke("push-event", "--type", "MEMBER_TIER", expect=ExitCode.USAGE)
+
+
+def test_a_refused_request_is_dead_lettered_and_run_goes_on(
+    fake: FakeOptimove, tmp_path: Path
+) -> None:
+    fake.status["UpdateCustomerAttributes"] = 400
+    result = invoke("--json", "push-event", "--input", str(EXAMPLES / "events.ndjson"),
+                    expect=ExitCode.PARTIAL)
+    summary = json.loads(result.stdout)
+    assert summary["dead_lettered"] == 6  # the six messages that update attributes
+    found = letters(tmp_path)
+    assert {x["kind"] for x in found} == {"attributes"}
+    assert all(x["error"] == {"class": "fatal", "status": 400, "message": "forced 400"}
+               for x in found)
+    # each letter holds that message's own request, ready to replay
+    assert all(len(x["request"]["CustomerNewAttributesValuesList"]) == 1 for x in found)
+    assert len(fake.bodies("SendTransactionalMail")) == 8
+
+
+def test_bad_key_stops_the_run_and_keeps_everything(fake: FakeOptimove, tmp_path: Path) -> None:
+    fake.status["Mail"] = 401
+    fake.status["Attributes"] = 401
+    result = invoke("--json", "push-event", "--input", str(EXAMPLES / "events.ndjson"),
+                    expect=ExitCode.REFUSED)
+    summary = json.loads(result.stdout)
+    assert summary["stopped"] == "auth"
+    assert summary["sent"] + summary["dead_lettered"] == 11
+    assert any(x["error"]["class"] == "auth" for x in letters(tmp_path))
+    assert KEY not in result.stdout + result.stderr
+    assert KEY not in json.dumps(letters(tmp_path))
+
+
+def test_unavailable_after_retries_exits_6(fake: FakeOptimove, tmp_path: Path) -> None:
+    fake.status["reportEvent"] = 503
+    result = invoke("--json", "push-event", "--input", str(EXAMPLES / "events.ndjson"),
+                    expect=ExitCode.UNAVAILABLE)
+    summary = json.loads(result.stdout)
+    assert summary["stopped"] == "unavailable"
+    assert summary["sent"] + summary["dead_lettered"] == 11
+    assert {x["error"]["class"] for x in letters(tmp_path)} == {"transient"}
+
+
+def test_replay_drains_after_the_cause_is_fixed(fake: FakeOptimove, tmp_path: Path) -> None:
+    fake.status["UpdateCustomerAttributes"] = 503
+    invoke("push-event", "--input", str(EXAMPLES / "events.ndjson"), expect=ExitCode.UNAVAILABLE)
+    before = letters(tmp_path)
+    assert before
+    # still failing: letters stay, attempts raised
+    invoke("replay", "--limit", "1", expect=ExitCode.UNAVAILABLE)
+    after = letters(tmp_path)
+    assert len(after) == len(before)
+    assert sorted(x["attempts"] for x in after)[-1] == before[0]["attempts"] + 1
+    fake.status.clear()
+    fake.requests.clear()
+    result = invoke("--json", "replay")
+    summary = json.loads(result.stdout)
+    assert summary["sent"] == len(before)
+    assert letters(tmp_path) == []
+    # the exact bodies that failed went out again
+    resent = [json.dumps(b, sort_keys=True) for _, b in fake.requests]
+    assert sorted(resent) == sorted(json.dumps(x["request"], sort_keys=True) for x in before)
+
+
+def test_replaying_a_delivered_email_is_not_sent_twice(fake: FakeOptimove, tmp_path: Path) -> None:
+    """A lost response: Optimove sent the mail, we dead-lettered it; replay gets 409."""
+    path = tmp_path / "one.ndjson"
+    path.write_text((EXAMPLES / "events.ndjson").read_text().splitlines()[2])
+    fake.status["SendTransactionalMail"] = 502
+    invoke("push-event", "--only", "email", "--input", str(path), expect=ExitCode.UNAVAILABLE)
+    (letter,) = letters(tmp_path)
+    fake.sent_uids.add(letter["request"]["UniqueMessageID"])  # it did go out, unseen
+    fake.status.clear()
+    result = invoke("--json", "replay")
+    assert json.loads(result.stdout)["duplicates"] == 1
+    assert letters(tmp_path) == []
+
+
+def test_replay_skips_invalid_input_letters(fake: FakeOptimove, tmp_path: Path) -> None:
+    path = tmp_path / "bad.ndjson"
+    path.write_text("[1, 2]\n")
+    invoke("push-event", "--input", str(path), expect=ExitCode.INVALID_INPUT)
+    summary = json.loads(invoke("--json", "replay").stdout)
+    assert (summary["letters"], summary["not_replayable"], summary["sent"]) == (1, 1, 0)
+    assert len(letters(tmp_path)) == 1
+
+
+def test_overlapping_run_exits_75(fake: FakeOptimove, tmp_path: Path) -> None:
+    from optisync.lock import RunLock
+
+    (tmp_path / "dl").mkdir()
+    with RunLock(tmp_path / "dl" / "run.lock", command="replay"):
+        result = invoke("replay", expect=ExitCode.LOCKED)
+        assert "another optisync run" in result.stderr
+        invoke("push-event", "--input", str(EXAMPLES / "events.ndjson"), expect=ExitCode.LOCKED)
