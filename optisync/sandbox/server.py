@@ -152,6 +152,7 @@ class Sandbox:
         self._thread: threading.Thread | None = None
         self._serving: threading.Thread | None = None
         self._closed = False
+        self._lifecycle = threading.Lock()
 
     @property
     def port(self) -> int:
@@ -159,38 +160,44 @@ class Sandbox:
 
     def start(self) -> Sandbox:
         """Serve in a daemon thread; returns ``self``."""
-        if self._closed:
-            raise RuntimeError("this sandbox was stopped; create a new one")
-        if self._thread is None:
+        with self._lifecycle:
+            if self._closed:
+                raise RuntimeError("this sandbox was stopped; create a new one")
+            if self._thread is not None or self._serving is not None:
+                return self
             self._thread = threading.Thread(
                 target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.1},
+                kwargs={"poll_interval": 0.02},
                 name=f"optisync-sandbox-{self.port}",
                 daemon=True,
             )
-            self._thread.start()
+        self._thread.start()
         return self
 
     def serve_forever(self) -> None:
         """Serve in the calling thread until ``stop()`` (from another thread) or Ctrl-C."""
-        if self._closed:
-            raise RuntimeError("this sandbox was stopped; create a new one")
-        self._serving = threading.current_thread()
+        with self._lifecycle:
+            if self._closed:
+                return
+            if self._thread is not None or self._serving is not None:
+                raise RuntimeError("this sandbox is already serving")
+            self._serving = threading.current_thread()
         try:
-            self._server.serve_forever(poll_interval=0.1)
+            self._server.serve_forever(poll_interval=0.02)
         finally:
-            self._serving = None
             self.stop()
 
     def stop(self) -> None:
         """Stop serving, close open connections and the record file. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lifecycle:
+            if self._closed:
+                return
+            self._closed = True
+            serving = self._serving
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(timeout=5)
-        elif self._serving is not None and self._serving is not threading.current_thread():
+        elif serving is not None and serving is not threading.current_thread():
             self._server.shutdown()  # serve_forever() runs in another thread: end it
         self._server.server_close()
         self._server.close_connections()
