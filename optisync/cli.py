@@ -295,7 +295,7 @@ def sandbox_cmd(
 
     templates = None
     if config_templates is not None:
-        from optisync.sandbox_templates import templates_from_config
+        from optisync.sandbox.templates import templates_from_config
 
         templates = templates_from_config(config_templates)
     faults = Faults(

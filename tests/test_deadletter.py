@@ -371,4 +371,3 @@ def test_unwritable_folder_on_creation(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(Path, "mkdir", denied)
     with pytest.raises(StorageError, match="permission denied"):
         DeadLetterStore(tmp_path / "nope")
-

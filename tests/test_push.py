@@ -59,8 +59,10 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeOptimove:
     def factory(config: Config) -> Callable[[], OptimoveClient]:
         def make() -> OptimoveClient:
             settings = config.optimove
-            return OptimoveClient(settings, transport=httpx.MockTransport(fake),
-                                  sleep=lambda _: None)
+            return OptimoveClient(
+                settings, transport=httpx.MockTransport(fake), sleep=lambda _: None
+            )
+
         return make
 
     monkeypatch.setattr(commands, "client_factory_for", factory)
@@ -94,8 +96,12 @@ def test_examples_push_every_target(fake: FakeOptimove, tmp_path: Path) -> None:
         "event": "redemption",
         "customer": "M000124",
         "timestamp": "2026-11-25 15:15:00.000000 UTC",
-        "context": {"redemption_id": "R9", "points": 5000, "reward_name": "Carte-cadeau",
-                    "reward_value": "1\xa0234,50\xa0$"},
+        "context": {
+            "redemption_id": "R9",
+            "points": 5000,
+            "reward_name": "Carte-cadeau",
+            "reward_value": "1\xa0234,50\xa0$",
+        },
     }
     # attribute updates are packed: a call holds each customer once, so a customer seen
     # again starts the next call (6 updates, M000123 three times -> 3 calls)
@@ -114,7 +120,8 @@ def test_examples_push_every_target(fake: FakeOptimove, tmp_path: Path) -> None:
     receipt = next(m for m in mails if m["TemplateID"] == 1001)
     assert receipt["Recipients"][0]["Email"] == "marc@example.com"
     assert {"Tag": "REWARD_VALUE", "Value": "1\xa0234,50\xa0$"} in (
-        receipt["Recipients"][0]["Personalizations"])
+        receipt["Recipients"][0]["Personalizations"]
+    )
     assert receipt["UniqueMessageID"].startswith("optisync-")
 
 
@@ -122,15 +129,22 @@ def test_customers_seen_twice_keep_order_in_separate_calls(
     fake: FakeOptimove, tmp_path: Path
 ) -> None:
     lines = [
-        {"type": "MEMBER_TIER", "member_id": "M1", "occurred_at": "2026-11-25T10:00:00Z",
-         "data": {"tier": tier}} for tier in ("Silver", "Gold")
+        {
+            "type": "MEMBER_TIER",
+            "member_id": "M1",
+            "occurred_at": "2026-11-25T10:00:00Z",
+            "data": {"tier": tier},
+        }
+        for tier in ("Silver", "Gold")
     ]
     path = tmp_path / "in.ndjson"
     path.write_text("\n".join(json.dumps(x) for x in lines))
     invoke("push-event", "--only", "attributes", "--input", str(path))
     calls = fake.bodies("UpdateCustomerAttributes")
     assert [c["CustomerNewAttributesValuesList"][0]["Attributes"][0]["Value"] for c in calls] == [
-        "Silver", "Gold"]
+        "Silver",
+        "Gold",
+    ]
     assert fake.bodies("reportEvent") == []
 
 
@@ -140,16 +154,31 @@ def test_invalid_lines_are_dead_lettered_and_the_rest_sent(
     good = (EXAMPLES / "events.ndjson").read_text().splitlines()[2]
     path = tmp_path / "in.ndjson"
     path.write_text(
-        "\n".join([
-            good,
-            "",
-            "{not json",
-            json.dumps({"type": "REDEMPTION", "member_id": "M1",
-                        "occurred_at": "2026-11-25T10:00:00Z", "data": {"points": "many"}}),
-            json.dumps({"type": "PURCHASE", "member_id": "M1", "occurred_at":
-                        "2026-11-25T10:00:00Z", "data": {"note": "card 4111 1111 1111 1111"}}),
-            '{"type": "REDEMPTION", "n": NaN}',
-        ]) + "\n"
+        "\n".join(
+            [
+                good,
+                "",
+                "{not json",
+                json.dumps(
+                    {
+                        "type": "REDEMPTION",
+                        "member_id": "M1",
+                        "occurred_at": "2026-11-25T10:00:00Z",
+                        "data": {"points": "many"},
+                    }
+                ),
+                json.dumps(
+                    {
+                        "type": "PURCHASE",
+                        "member_id": "M1",
+                        "occurred_at": "2026-11-25T10:00:00Z",
+                        "data": {"note": "card 4111 1111 1111 1111"},
+                    }
+                ),
+                '{"type": "REDEMPTION", "n": NaN}',
+            ]
+        )
+        + "\n"
     )
     result = invoke("--json", "push-event", "--input", str(path), expect=ExitCode.INVALID_INPUT)
     summary = json.loads(result.stdout)
@@ -160,7 +189,8 @@ def test_invalid_lines_are_dead_lettered_and_the_rest_sent(
     assert found[3]["error"]["message"].startswith("bad JSON: Expecting property name")
     assert "data.redemption_id: Field required" in found[4]["error"]["message"]
     assert found[5]["error"]["message"] == (
-        "data.note: holds a card-number-like value; such messages are never sent")
+        "data.note: holds a card-number-like value; such messages are never sent"
+    )
     assert "4111" not in json.dumps(found[5]) and "************1111" in json.dumps(found[5])
     assert "NaN is not valid JSON" in found[6]["error"]["message"]
     assert "4 invalid record(s)" in result.stderr
@@ -171,18 +201,38 @@ def test_dry_run_sends_and_writes_nothing(fake: FakeOptimove, tmp_path: Path) ->
     assert fake.requests == []
     assert not (tmp_path / "dl").exists()
     first = result.stdout.splitlines()[0]
-    assert first == ("line 1 evt-0001 MEMBER_REGISTRATION -> events, attributes, opt_in,"
-                     " email:welcome (rules: registration)")
+    assert first == (
+        "line 1 evt-0001 MEMBER_REGISTRATION -> events, attributes, opt_in,"
+        " email:welcome (rules: registration)"
+    )
     assert "/TransactionalMail/SendTransactionalMail" in result.stdout
 
 
 def test_single_event_from_flags(fake: FakeOptimove) -> None:
-    invoke("push-event", "--type", "MEMBER_TIER", "--member", "M7", "--id", "e1",
-           "--occurred-at", "2026-11-25T10:00:00+01:00", "--data", '{"tier": "Gold"}',
-           "--only", "events")
-    assert fake.bodies("reportEvent") == [{
-        "tenant": 1234, "event": "member_tier", "customer": "M7",
-        "timestamp": "2026-11-25 09:00:00.000000 UTC", "context": {"tier": "Gold"}}]
+    invoke(
+        "push-event",
+        "--type",
+        "MEMBER_TIER",
+        "--member",
+        "M7",
+        "--id",
+        "e1",
+        "--occurred-at",
+        "2026-11-25T10:00:00+01:00",
+        "--data",
+        '{"tier": "Gold"}',
+        "--only",
+        "events",
+    )
+    assert fake.bodies("reportEvent") == [
+        {
+            "tenant": 1234,
+            "event": "member_tier",
+            "customer": "M7",
+            "timestamp": "2026-11-25 09:00:00.000000 UTC",
+            "context": {"tier": "Gold"},
+        }
+    ]
 
 
 def test_usage_errors(fake: FakeOptimove) -> None:
@@ -195,14 +245,16 @@ def test_a_refused_request_is_dead_lettered_and_run_goes_on(
     fake: FakeOptimove, tmp_path: Path
 ) -> None:
     fake.status["UpdateCustomerAttributes"] = 400
-    result = invoke("--json", "push-event", "--input", str(EXAMPLES / "events.ndjson"),
-                    expect=ExitCode.PARTIAL)
+    result = invoke(
+        "--json", "push-event", "--input", str(EXAMPLES / "events.ndjson"), expect=ExitCode.PARTIAL
+    )
     summary = json.loads(result.stdout)
     assert summary["dead_lettered"] == 6  # the six messages that update attributes
     found = letters(tmp_path)
     assert {x["kind"] for x in found} == {"attributes"}
-    assert all(x["error"] == {"class": "fatal", "status": 400, "message": "forced 400"}
-               for x in found)
+    assert all(
+        x["error"] == {"class": "fatal", "status": 400, "message": "forced 400"} for x in found
+    )
     # each letter holds that message's own request, ready to replay
     assert all(len(x["request"]["CustomerNewAttributesValuesList"]) == 1 for x in found)
     assert len(fake.bodies("SendTransactionalMail")) == 8
@@ -211,8 +263,9 @@ def test_a_refused_request_is_dead_lettered_and_run_goes_on(
 def test_bad_key_stops_the_run_and_keeps_everything(fake: FakeOptimove, tmp_path: Path) -> None:
     fake.status["Mail"] = 401
     fake.status["Attributes"] = 401
-    result = invoke("--json", "push-event", "--input", str(EXAMPLES / "events.ndjson"),
-                    expect=ExitCode.REFUSED)
+    result = invoke(
+        "--json", "push-event", "--input", str(EXAMPLES / "events.ndjson"), expect=ExitCode.REFUSED
+    )
     summary = json.loads(result.stdout)
     assert summary["stopped"] == "auth"
     assert summary["sent"] + summary["dead_lettered"] == 11
@@ -223,8 +276,13 @@ def test_bad_key_stops_the_run_and_keeps_everything(fake: FakeOptimove, tmp_path
 
 def test_unavailable_after_retries_exits_6(fake: FakeOptimove, tmp_path: Path) -> None:
     fake.status["reportEvent"] = 503
-    result = invoke("--json", "push-event", "--input", str(EXAMPLES / "events.ndjson"),
-                    expect=ExitCode.UNAVAILABLE)
+    result = invoke(
+        "--json",
+        "push-event",
+        "--input",
+        str(EXAMPLES / "events.ndjson"),
+        expect=ExitCode.UNAVAILABLE,
+    )
     summary = json.loads(result.stdout)
     assert summary["stopped"] == "unavailable"
     assert summary["sent"] + summary["dead_lettered"] == 11

@@ -1,0 +1,180 @@
+"""push-event and replay against the live sandbox with injected faults: nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from optisync.deadletter import DeadLetterStore
+from optisync.errors import ExitCode
+from optisync.sandbox import Faults, Sandbox, SandboxConfig
+
+from .conftest import invoke
+
+KEY = "sandbox-key-integration"
+TOKEN = "sandbox-token-integration"
+
+CONFIG = """\
+optimove:
+  api_url: {url}
+  events_url: {url}/reportEvent
+  tenant_id: 1234
+  api_key: ${{OPTIMOVE_API_KEY}}
+  events_token: ${{OPTIMOVE_EVENTS_TOKEN}}
+  concurrency: 4
+  rate_limit: {{requests: 1000, per_seconds: 1}}
+  transactional_rate_limit: {{requests: 1000, per_seconds: 1}}
+  retry: {{max_attempts: 8, base_delay: 0.001, max_delay: 0.01, max_total_seconds: 30}}
+attributes:
+  emd: {{opt_in_key: email_opt_in}}
+events:
+  MEMBER_TIER:
+    name: member_tier
+    context: {{message_id: id, tier: data.tier}}
+  REDEMPTION:
+    name: redemption
+    context: {{message_id: id, points: data.points}}
+templates:
+  receipt:
+    kind: transactional
+    template_id: 11
+    event: REDEMPTION
+    attribute_mappings: {{POINTS: data.points}}
+routing:
+  rules:
+    - {{types: [MEMBER_TIER], to: [events]}}
+    - {{types: [REDEMPTION], to: [events, "email:receipt"]}}
+dead_letter: {{dir: {dl}}}
+"""
+
+
+def make_events(n: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        if rng.random() < 0.5:
+            out.append(
+                {
+                    "id": f"t-{i}",
+                    "type": "MEMBER_TIER",
+                    "member_id": f"M{i}",
+                    "occurred_at": "2026-11-25T10:00:00Z",
+                    "data": {"tier": "Gold"},
+                }
+            )
+        else:
+            out.append(
+                {
+                    "id": f"r-{i}",
+                    "type": "REDEMPTION",
+                    "member_id": f"M{i}",
+                    "email": f"m{i}@example.com",
+                    "occurred_at": "2026-11-25T10:00:00Z",
+                    "data": {"redemption_id": f"R{i}", "points": i, "reward_name": "Gift"},
+                }
+            )
+    return out
+
+
+@pytest.fixture
+def sandbox() -> Any:
+    config = SandboxConfig(
+        api_key=KEY,
+        tenant_id=1234,
+        events_token=TOKEN,
+        enforce_limits=False,
+        templates={11: frozenset({"POINTS"})},
+    )
+    with Sandbox(config) as box:
+        yield box
+
+
+@pytest.fixture
+def setup(sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "optisync.yaml"
+    path.write_text(CONFIG.format(url=sandbox.url, dl=tmp_path / "dl"))
+    monkeypatch.setenv("OPTISYNC_CONFIG", str(path))
+    monkeypatch.setenv("OPTIMOVE_API_KEY", KEY)
+    monkeypatch.setenv("OPTIMOVE_EVENTS_TOKEN", TOKEN)
+    return tmp_path
+
+
+def accepted(sandbox: Sandbox) -> tuple[list[str], list[str]]:
+    """Message ids of accepted events, and UniqueMessageIDs of accepted mails."""
+    events = []
+    for rec in sandbox.received("events"):
+        body = rec["body"]
+        for event in body if isinstance(body, list) else [body]:
+            events.append(event["context"]["message_id"])
+    mails = [rec["body"]["UniqueMessageID"] for rec in sandbox.received("transactional")]
+    return events, mails
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_faults_lose_nothing_and_replay_drains(sandbox: Sandbox, setup: Path, seed: int) -> None:
+    messages = make_events(300, seed)
+    source = setup / "in.ndjson"
+    source.write_text("\n".join(json.dumps(m) for m in messages) + "\n")
+    sandbox.set_faults(
+        Faults(
+            error_rate=0.15,
+            burst_429=0.03,
+            burst_length=3,
+            drop_rate=0.05,
+            lost_response_rate=0.05,
+            seed=seed,
+        )
+    )
+    result = invoke("--json", "push-event", "--input", str(source), expect=None)
+    summary = json.loads(result.stdout)
+    assert result.exit_code in {ExitCode.OK, ExitCode.PARTIAL, ExitCode.UNAVAILABLE}
+    store = DeadLetterStore(setup / "dl")
+    lettered = {letter.message_id for _, letter in store.iter_letters()}
+    events, mails = accepted(sandbox)
+    # every message is accepted by the sandbox or kept as a dead letter: none lost
+    for m in messages:
+        assert m["id"] in set(events) | lettered, m["id"]
+    # a transactional mail is never accepted twice (the UniqueMessageID guards it)
+    assert len(mails) == len(set(mails))
+    # events are duplicated only where a response was lost after processing
+    duplicated = len(events) - len(set(events))
+    assert duplicated <= sandbox.stats["lost_responses"]
+    assert summary["read"] == 300
+    # replay with the faults gone drains the folder, sending no mail twice
+    sandbox.set_faults(Faults())
+    invoke("replay")
+    assert store.count() == 0
+    events, mails = accepted(sandbox)
+    assert {m["id"] for m in messages} <= set(events)
+    assert len(mails) == len(set(mails))
+    redemptions = [m for m in messages if m["type"] == "REDEMPTION"]
+    assert len(set(mails)) == len(redemptions)
+
+
+def test_server_down_then_replay(sandbox: Sandbox, setup: Path) -> None:
+    messages = make_events(40, 3)
+    source = setup / "in.ndjson"
+    source.write_text("\n".join(json.dumps(m) for m in messages))
+    sandbox.set_faults(Faults(error_rate=1.0, seed=1))
+    result = invoke("--json", "push-event", "--input", str(source), expect=ExitCode.UNAVAILABLE)
+    summary = json.loads(result.stdout)
+    assert summary["sent"] == 0
+    assert summary["dead_lettered"] == 40
+    sandbox.set_faults(Faults())
+    invoke("replay")
+    events, mails = accepted(sandbox)
+    assert sorted(events) == sorted(m["id"] for m in messages)
+
+
+def test_wrong_key_exits_5(sandbox: Sandbox, setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPTIMOVE_API_KEY", "wrong")
+    monkeypatch.setenv("OPTIMOVE_EVENTS_TOKEN", "wrong")
+    source = setup / "in.ndjson"
+    source.write_text("\n".join(json.dumps(m) for m in make_events(10, 4)))
+    result = invoke("push-event", "--input", str(source), expect=ExitCode.REFUSED)
+    assert "wrong" not in result.stderr.replace("wrong, revoked", "")
+    assert DeadLetterStore(setup / "dl").count() >= 10
