@@ -1,0 +1,151 @@
+"""Contract tests: the Optimove client against recorded sandbox answers (vcrpy cassettes).
+
+CI plays the cassettes (record_mode "none": a request not in the cassette fails the test).
+To re-record against a live sandbox: ``OPTISYNC_RECORD=1 .venv/bin/pytest tests/cassettes``.
+Secrets are scrubbed before anything is written: the API key and the event signature.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import vcr
+
+from optisync.config import OptimoveSettings
+from optisync.optimove.client import OptimoveAuthError, OptimoveClient
+
+HERE = Path(__file__).parent / "data"
+RECORD = os.environ.get("OPTISYNC_RECORD") == "1"
+PORT = 18765
+URL = f"http://127.0.0.1:{PORT}"
+# The secrets used when recording; only their scrubbed stand-ins reach the cassettes.
+KEY = os.environ.get("OPTISYNC_RECORD_KEY", "contract-key")
+TOKEN = os.environ.get("OPTISYNC_RECORD_TOKEN", "contract-token")
+SCRUBBED = [("x-api-key", "SCRUBBED"), ("x-optimove-signature-content", "SCRUBBED")]
+
+recorder = vcr.VCR(
+    cassette_library_dir=str(HERE),
+    record_mode="all" if RECORD else "none",
+    match_on=["method", "scheme", "host", "port", "path", "query", "body"],
+    filter_headers=SCRUBBED,
+    decode_compressed_response=True,
+)
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[None]:
+    if not RECORD:
+        yield
+        return
+    from optisync.sandbox import Sandbox, SandboxConfig
+
+    config = SandboxConfig(
+        api_key=KEY,
+        tenant_id=1234,
+        events_token=TOKEN,
+        templates={11: frozenset({"POINTS", "NAME"})},
+    )
+    with Sandbox(config, port=PORT):
+        yield
+
+
+def client(key: str = KEY) -> OptimoveClient:
+    settings = OptimoveSettings.model_validate(
+        {
+            "api_url": URL,
+            "events_url": f"{URL}/reportEvent",
+            "tenant_id": 1234,
+            "api_key": key,
+            "events_token": TOKEN,
+            "retry": {"max_attempts": 1},
+        }
+    )
+    return OptimoveClient(settings, sleep=lambda _: None)
+
+
+def mail(uid: str, personalizations: list[dict[str, str]]) -> dict[str, Any]:
+    return {
+        "TemplateID": 11,
+        "UniqueMessageID": uid,
+        "Recipients": [{"Email": "ann@example.com", "Personalizations": personalizations}],
+    }
+
+
+EVENT = {
+    "tenant": 1234,
+    "event": "member_tier",
+    "customer": "M1",
+    "timestamp": "2026-11-25 15:00:00.000000 UTC",
+    "context": {"tier": "Gold"},
+}
+
+
+@pytest.mark.usefixtures("sandbox")
+def test_cassette_is_really_played() -> None:
+    with recorder.use_cassette("events.yaml") as cassette, client() as c:
+        delivery = c.report_events(EVENT)
+    assert delivery.ok and delivery.status == 200
+    if not RECORD:
+        assert cassette.play_count == 1
+        assert cassette.all_played
+
+
+@pytest.mark.usefixtures("sandbox")
+def test_transactional_mail_contract() -> None:
+    tags = [{"Tag": "POINTS", "Value": "5 000"}, {"Tag": "NAME", "Value": "Ann"}]
+    with recorder.use_cassette("transactional.yaml"), client() as c:
+        first = c.send_transactional_mail(mail("uid-1", tags))
+        again = c.send_transactional_mail(mail("uid-1", tags))
+        missing = c.send_transactional_mail(mail("uid-2", tags[:1]))
+        unknown = c.send_transactional_mail({**mail("uid-3", tags), "TemplateID": 99})
+    assert (first.outcome, first.status) == ("delivered", 200)
+    assert (again.outcome, again.status) == ("duplicate", 409)
+    assert (missing.outcome, missing.status) == ("partial", 206)
+    assert missing.error is not None and "NAME" in missing.error
+    assert unknown.outcome == "fatal" and unknown.error == "Invalid template"
+
+
+@pytest.mark.usefixtures("sandbox")
+def test_attributes_and_promotions_contract() -> None:
+    body = {
+        "CustomerNewAttributesValuesList": [
+            {"CustomerID": "M1", "Attributes": [{"RealFieldName": "TierName", "Value": "Gold"}]}
+        ]
+    }
+    with recorder.use_cassette("attributes.yaml"), client() as c:
+        attrs = c.update_customer_attributes(body)
+        too_many = c.update_customer_attributes(
+            {
+                "CustomerNewAttributesValuesList": [
+                    {"CustomerID": f"M{i}", "Attributes": [{"RealFieldName": "A", "Value": 1}]}
+                    for i in range(1001)
+                ]
+            }
+        )
+        promos = c.add_promotions([{"PromoCode": "P1", "PromotionName": "Double points"}])
+    assert attrs.ok and attrs.status == 202
+    assert too_many.outcome == "fatal" and too_many.status == 400
+    assert promos.ok and promos.status == 200
+
+
+@pytest.mark.usefixtures("sandbox")
+def test_bad_key_contract() -> None:
+    with (
+        recorder.use_cassette("auth.yaml"),
+        client("not-the-key") as c,
+        pytest.raises(OptimoveAuthError) as info,
+    ):
+        c.update_customer_attributes({"CustomerNewAttributesValuesList": []})
+    assert info.value.delivery.status == 403
+
+
+def test_cassettes_hold_no_secret() -> None:
+    text = "".join(p.read_text() for p in sorted(HERE.glob("*.yaml")))
+    assert text, "no cassettes recorded"
+    for secret in (KEY, TOKEN, "not-the-key"):
+        assert secret not in text
+    assert "SCRUBBED" in text
