@@ -1,7 +1,20 @@
 """A local stand-in for Optimove's APIs on loopback (design.md §7).
 
 For the README quick start, the tests and the benchmarks; never a substitute in production.
-See ``optisync.sandbox.state`` for the endpoints, the auth rules and the order of checks.
+Paths are case-insensitive and may carry a ``/current`` prefix; JSON in and out.
+
+=====================================================  ======================================
+``POST /reportEvent``                                  one event or an array of <= 50
+``POST /Customers/UpdateCustomerAttributes``           <= 1,000 customers x 10 attrs -> 202
+``POST /TransactionalMail/SendTransactionalMail``      200 / 206 / 409 / "Invalid template"
+``POST /Integrations/AddPromotions``, ``DeletePromotions``, ``GET GetPromotions``
+``POST /Optimail/AddUnsubscribers``, ``DeleteUnsubscribers``, ``GET GetUnsubscribers``
+``GET /_sandbox/received?kind=``, ``GET /_sandbox/stats``, ``POST /_sandbox/reset``,
+``GET|POST /_sandbox/faults``                          inspection: key required, no faults
+=====================================================  ======================================
+
+See ``optisync.sandbox.state`` for the auth rules (events may authenticate by HMAC alone when
+``events_token`` is set) and the order of checks.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ so keep-alive clients never wait on delayed ACKs. Nothing is logged per request.
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import sys
 import threading
@@ -247,14 +248,27 @@ def serve(
     *,
     ready: Callable[[Sandbox], None] | None = None,
 ) -> None:
-    """Serve until Ctrl-C (blocking, for the CLI); ``ready`` is called once listening.
+    """Serve until Ctrl-C or SIGTERM (blocking, for the CLI); ``ready`` is called once listening.
 
-    Without ``ready`` one line naming the URL goes to stderr.
+    Without ``ready`` one line naming the URL goes to stderr. Either signal stops the server
+    cleanly (open connections closed, record file flushed) and ``serve`` returns normally.
     """
     sandbox = Sandbox(config, host, port)
-    if ready is None:
-        print(f"optisync sandbox listening on {sandbox.url}", file=sys.stderr, flush=True)
-    else:
-        ready(sandbox)
-    with contextlib.suppress(KeyboardInterrupt):
-        sandbox.serve_forever()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        if ready is None:
+            print(f"optisync sandbox listening on {sandbox.url}", file=sys.stderr, flush=True)
+        else:
+            ready(sandbox)
+        with contextlib.suppress(KeyboardInterrupt):
+            sandbox.serve_forever()
+    finally:
+        sandbox.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

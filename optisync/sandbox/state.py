@@ -155,8 +155,11 @@ class Reply:
 DROP = Reply(0, action="drop")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def _json(status: int, payload: object, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
-    return Reply(status, json.dumps(payload, separators=(",", ":")).encode(), headers=headers)
+    return Reply(status, _ENCODER.encode(payload).encode(), headers=headers)
 
 
 def _text(status: int, message: str) -> Reply:
@@ -183,12 +186,15 @@ def _reject_constant(name: str) -> object:
     raise BadJSONError(f"{name} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse_json(raw: bytes) -> Any:
-    """Strict JSON (no NaN/Infinity); raises ``BadJSONError`` with a plain reason."""
+    """Strict UTF-8 JSON (no NaN/Infinity); raises ``BadJSONError`` with a plain reason."""
     if not raw.strip():
         raise BadJSONError("the request body is empty")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return _DECODER.decode(raw.decode("utf-8"))
     except BadJSONError:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
@@ -455,7 +461,7 @@ class SandboxState:
         self._stats["accepted"] += 1
         self._stats[f"accepted_{kind}"] += 1
         if self._record_file is not None:
-            self._record_file.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self._record_file.write(_ENCODER.encode(record) + "\n")
             self._record_file.flush()
 
     # -- endpoints -----------------------------------------------------------------------

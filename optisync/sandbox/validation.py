@@ -10,8 +10,10 @@ import math
 import re
 from datetime import datetime
 
-SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*\Z")
-EVENT_TIMESTAMP = re.compile(r"(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})(\.\d{1,6})? UTC\Z")
+SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*\Z", re.ASCII)
+EVENT_TIMESTAMP = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.\d{1,6})? UTC\Z", re.ASCII
+)
 
 MAX_EVENTS_PER_REQUEST = 50
 MAX_EVENT_PARAMS = 50
@@ -73,7 +75,8 @@ def _check_timestamp(value: object) -> str | None:
     if not match:
         return expected
     try:
-        datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")
+        year, month, day, hour, minute, second = map(int, match.groups())
+        datetime(year, month, day, hour, minute, second)  # only checks the calendar
     except ValueError:
         return f"timestamp is not a real date/time: {value!r}"
     return None

@@ -6,6 +6,9 @@ import hashlib
 import hmac
 import http.client
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -861,3 +864,30 @@ def test_config_rejects_bad_values() -> None:
         SandboxConfig(api_key="")
     with pytest.raises(ValueError, match="rate_limit"):
         SandboxConfig(api_key=KEY, rate_limit=(0, 10.0))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_serve_stops_cleanly_on_signal(signum: int) -> None:
+    script = (
+        "from optisync.sandbox import SandboxConfig, serve\n"
+        f"serve(SandboxConfig(api_key={KEY!r}), '127.0.0.1', 0)\n"
+        "print('returned')\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        url = line.rsplit(" ", 1)[-1].strip()
+        assert url.startswith("http://127.0.0.1:"), line
+        with httpx.Client(base_url=url, headers={"X-API-KEY": KEY}, verify=False) as c:
+            assert c.get("/_sandbox/stats").status_code == 200
+            proc.send_signal(signum)
+            out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out.strip() == "returned"
+    assert "Traceback" not in err
