@@ -282,6 +282,9 @@ def sandbox_cmd(
         float, typer.Option(help="Share processed but never answered.")
     ] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Seed for repeatable faults.")] = None,
+    keep: Annotated[
+        int | None, typer.Option(help="Keep only the last N accepted requests for inspection.")
+    ] = None,
     config_templates: Annotated[
         Path | None,
         typer.Option("--templates-from", help="Learn transactional templates from this config."),

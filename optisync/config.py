@@ -24,7 +24,7 @@ from optisync.events import EventType
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 # --- optimove ---------------------------------------------------------------------------
@@ -68,14 +68,16 @@ class OptimoveSettings(Strict):
     api_key_file: Path | None = None
     events_token: SecretStr | None = None
     events_token_file: Path | None = None
-    timeouts: Timeouts = Timeouts()
+    timeouts: Timeouts = Field(default_factory=Timeouts)
     concurrency: int = Field(4, ge=1, le=64)
-    rate_limit: RateLimit = RateLimit()
-    transactional_rate_limit: RateLimit = RateLimit(requests=10, per_seconds=1.0)
+    rate_limit: RateLimit = Field(default_factory=RateLimit)
+    transactional_rate_limit: RateLimit = Field(
+        default_factory=lambda: RateLimit(requests=10, per_seconds=1.0)
+    )
     events_rate_limit: RateLimit | None = None
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
     events_per_request: int = Field(1, ge=1, le=50)
-    opt_in: OptInSettings = OptInSettings()
+    opt_in: OptInSettings = Field(default_factory=OptInSettings)
     state_dir: Path = Path("var/state")
 
     def secret(self, name: Literal["api_key", "events_token"]) -> str | None:
@@ -184,7 +186,7 @@ class EmdSettings(Strict):
 class AttributesSection(Strict):
     realtime: list[Attribute] = Field(default_factory=list)
     batch: list[Attribute] = Field(default_factory=list)
-    emd: EmdSettings = EmdSettings()
+    emd: EmdSettings = Field(default_factory=EmdSettings)
     limit: int = Field(50, ge=1, le=50, description="custom attributes allowed in all")
 
 
@@ -275,8 +277,8 @@ class Dataset(Strict):
 
 
 class BatchSection(Strict):
-    source: BatchSource = BatchSource()
-    output: BatchOutput = BatchOutput()
+    source: BatchSource = Field(default_factory=BatchSource)
+    output: BatchOutput = Field(default_factory=BatchOutput)
     state_dir: Path = Path("var/batch-state")
     datasets: dict[DatasetName, Dataset] = Field(default_factory=dict)
     deadline_utc: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
@@ -284,14 +286,14 @@ class BatchSection(Strict):
 
 
 class Config(Strict):
-    optimove: OptimoveSettings = OptimoveSettings()
-    attributes: AttributesSection = AttributesSection()
+    optimove: OptimoveSettings = Field(default_factory=OptimoveSettings)
+    attributes: AttributesSection = Field(default_factory=AttributesSection)
     events: dict[EventType, EventMapping] = Field(default_factory=dict)
     templates: dict[str, Template] = Field(default_factory=dict)
-    routing: RoutingSection = RoutingSection()
-    locale: LocaleSection = LocaleSection()
-    dead_letter: DeadLetterSection = DeadLetterSection()
-    batch: BatchSection = BatchSection()
+    routing: RoutingSection = Field(default_factory=RoutingSection)
+    locale: LocaleSection = Field(default_factory=LocaleSection)
+    dead_letter: DeadLetterSection = Field(default_factory=DeadLetterSection)
+    batch: BatchSection = Field(default_factory=BatchSection)
 
     # Where the file was read from: relative paths in it are relative to its folder.
     _base_dir: Path = PrivateAttr(default_factory=Path)

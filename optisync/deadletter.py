@@ -87,7 +87,7 @@ class ErrorClass(StrEnum):
 class LetterError(BaseModel):
     """Why delivery failed. Serialized with the key ``class`` for ``error_class``."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", defer_build=True)
 
     error_class: ErrorClass = Field(alias="class")
     status: int | None = None
@@ -97,7 +97,7 @@ class LetterError(BaseModel):
 class LetterSource(BaseModel):
     """Where the input came from (file and 1-based line), when known."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     file: str | None = None
     line: int | None = Field(default=None, ge=1)
@@ -110,7 +110,7 @@ def _utcnow() -> datetime:
 class DeadLetter(BaseModel):
     """One undelivered message, as stored in a letter file."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", defer_build=True)
 
     format_version: int = FORMAT_VERSION
     id: str = Field(default_factory=lambda: uuid.uuid4().hex)

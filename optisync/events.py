@@ -35,7 +35,7 @@ class EventType(StrEnum):
 
 
 class Data(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Money(Data):
@@ -159,7 +159,7 @@ ENVELOPE_FIELDS = ("id", "type", "member_id", "occurred_at", "email", "locale")
 class Envelope(BaseModel):
     """One loyalty event as producers send it; ``data`` is checked against the type's model."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     type: EventType

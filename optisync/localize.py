@@ -39,6 +39,8 @@ def format_value(value: Any, fmt: Format, locale: Locale, default_currency: str)
         return None
     if fmt == "raw":
         return _raw(value)
+    if hasattr(locale, "get"):  # payloads' lazy locale: load Babel only now
+        locale = locale.get()
     from babel.dates import format_date, format_datetime
     from babel.numbers import format_currency, format_decimal, format_percent
 

@@ -155,21 +155,27 @@ class OptimoveClient:
             for s in (settings.api_key, settings.events_token)
             if s is not None and s.get_secret_value()
         ]
-        self._http = httpx.Client(
-            transport=transport,
-            timeout=httpx.Timeout(settings.timeouts.read, connect=settings.timeouts.connect),
-            limits=httpx.Limits(
-                max_connections=settings.concurrency,
-                max_keepalive_connections=settings.concurrency,
-            ),
-            headers={
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-                "User-Agent": f"optisync/{__version__}",
-            },
-            # Never follow a redirect: it could carry the API key to another host.
-            follow_redirects=False,
-        )
+        if transport is None:
+            from optisync.optimove.transport import default_transport
+
+            transport = default_transport(settings.concurrency)
+        # The transport is driven directly (no httpx.Client): the client layer's URL merging,
+        # cookie jar and redirect logic cost more CPU per request than the HTTP exchange, and
+        # optisync needs none of them. Redirects are never followed, so the key stays home.
+        self._transport = transport
+        self._timeout = {
+            "connect": settings.timeouts.connect,
+            "read": settings.timeouts.read,
+            "write": settings.timeouts.read,
+            "pool": settings.timeouts.connect,
+        }
+        self._base_headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": f"optisync/{__version__}",
+        }
+        self._urls: dict[str, httpx.URL] = {}
+        self._closed = False
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -308,10 +314,30 @@ class OptimoveClient:
         # The permit is held until the answer is in, so the limiter can count from then.
         with route.limiter.acquire():
             try:
-                response = self._http.post(route.url, content=content, headers=headers)
+                response = self._post(route.url, content, headers)
             except httpx.TransportError as exc:
                 return classify_exception(exc)
         return classify(response, transactional=route.transactional)
+
+    def _post(self, url: str, content: bytes, headers: dict[str, str]) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError("the Optimove client is closed")
+        target = self._urls.get(url)
+        if target is None:
+            target = self._urls[url] = httpx.URL(url)
+        request = httpx.Request(
+            "POST",
+            target,
+            headers={**self._base_headers, **headers},
+            content=content,
+            extensions={"timeout": self._timeout},
+        )
+        response = self._transport.handle_request(request)
+        try:
+            response.read()
+        finally:
+            response.close()
+        return response
 
     def _route(self, endpoint: Endpoint) -> _Route:
         if endpoint is Endpoint.EVENTS:
@@ -329,10 +355,12 @@ class OptimoveClient:
 
     def _headers(self, route: _Route, content: bytes) -> dict[str, str]:
         if route.endpoint is Endpoint.EVENTS:
-            # The gateway authenticates by signature; the API key is not sent there.
+            # With an events token the gateway authenticates by signature and the API key
+            # stays home; without one, the key is the only credential there is.
             token = self._settings.events_token
             if token is None or not token.get_secret_value():
-                return {}
+                key = self._settings.api_key
+                return {"X-API-KEY": key.get_secret_value()} if key is not None else {}
             return {
                 SIGNATURE_VERSION_HEADER: "1",
                 SIGNATURE_CONTENT_HEADER: sign_body(content, token.get_secret_value()),
@@ -355,8 +383,9 @@ class OptimoveClient:
     # -- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
+        """Close the connections."""
+        self._closed = True
+        self._transport.close()
 
     def __enter__(self) -> Self:
         return self

@@ -123,6 +123,7 @@ class SandboxConfig:
     templates: dict[int, frozenset[str]] | None = None  # TemplateID -> tags; None = any id
     faults: Faults = field(default_factory=Faults)
     record_path: Path | None = None  # when set, append every accepted request as JSON line
+    keep_received: int | None = None  # keep only the last N accepted requests; None = all
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, str) or not self.api_key:
@@ -275,7 +276,8 @@ class SandboxState:
 
     def _clear(self) -> None:
         self._stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
-        self._received: list[dict[str, Any]] = []
+        # a long benchmark run would otherwise hold every body it ever accepted
+        self._received: deque[dict[str, Any]] = deque(maxlen=self.config.keep_received)
         self._windows: dict[tuple[str, str], deque[float]] = {}
         self._sent_ids: set[str] = set()
         self._promotions: dict[str, dict[str, str]] = {}

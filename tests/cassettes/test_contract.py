@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import vcr
 
@@ -53,6 +54,20 @@ def sandbox() -> Iterator[None]:
         yield
 
 
+class ViaHttpxClient(httpx.BaseTransport):
+    """vcrpy hooks httpx.Client; the optisync client drives a transport directly, so the
+    contract tests route through an httpx.Client that vcrpy can record and play."""
+
+    def __init__(self) -> None:
+        self.client = httpx.Client()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.client.send(request)
+
+    def close(self) -> None:
+        self.client.close()
+
+
 def client(key: str = KEY) -> OptimoveClient:
     settings = OptimoveSettings.model_validate(
         {
@@ -64,7 +79,7 @@ def client(key: str = KEY) -> OptimoveClient:
             "retry": {"max_attempts": 1},
         }
     )
-    return OptimoveClient(settings, sleep=lambda _: None)
+    return OptimoveClient(settings, transport=ViaHttpxClient(), sleep=lambda _: None)
 
 
 def mail(uid: str, personalizations: list[dict[str, str]]) -> dict[str, Any]:

@@ -98,16 +98,17 @@ def test_events_are_signed_over_the_exact_bytes_sent(make_client: MakeClient) ->
     assert delivery.endpoint == "events"
 
 
-def test_events_gateway_never_receives_the_api_key(make_client: MakeClient) -> None:
+def test_signed_events_do_not_carry_the_api_key(make_client: MakeClient) -> None:
     rec = Recorder(ok())
     make_client(rec).report_events(EVENT_BODY)
     assert "X-API-KEY" not in rec.requests[0].headers
 
 
-def test_events_without_token_are_unsigned(make_client: MakeClient) -> None:
+def test_events_without_token_are_unsigned_and_carry_the_key(make_client: MakeClient) -> None:
     rec = Recorder(ok())
     make_client(rec, events_token=None).report_events(EVENT_BODY)
     assert "X-Optimove-Signature-Content" not in rec.requests[0].headers
+    assert rec.requests[0].headers["X-API-KEY"]
 
 
 def test_bytes_body_is_sent_unchanged(make_client: MakeClient) -> None:
