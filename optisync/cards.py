@@ -39,7 +39,14 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["ROOT_PATH", "find_card_numbers", "is_luhn_valid", "mask_card_numbers", "mask_text"]
+__all__ = [
+    "ROOT_PATH",
+    "find_card_numbers",
+    "is_luhn_valid",
+    "mask_card_numbers",
+    "mask_text",
+    "may_hold_card",
+]
 
 ROOT_PATH = "$"
 
@@ -50,6 +57,19 @@ MAX_DIGITS = 19
 # a match from starting in the middle of a run; greediness makes it end at the run's end.
 _RUN = re.compile(r"(?<![0-9])(?<![0-9][ -])[0-9](?:[ -]?[0-9]){12,}")
 _SEPARATORS = re.compile(r"[ -]")
+# In raw JSON text, digits can also hide behind \u escapes or an exponent (4.111e15).
+_HIDDEN = re.compile(r"\\u|[0-9][eE][+-]?[0-9]")
+
+
+def may_hold_card(raw_json: str) -> bool:
+    """False when the raw JSON text cannot hold a card number, so the walk can be skipped.
+
+    Every string and number of a document appears in its text; a run of 13+ digits, an
+    escape or an exponent is needed to make one, and most events have none.
+    """
+    return _RUN.search(raw_json) is not None or _HIDDEN.search(raw_json) is not None
+
+
 # Luhn doubling table: digit d at an even position from the right (1-based) counts as this.
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
 

@@ -202,6 +202,7 @@ def replay_letters(
     store = DeadLetterStore(config.path(config.dead_letter.dir))
     with RunLock(store.dir / "run.lock", wait=wait, command="replay"):
         store.cleanup_tmp()
+        store.purge_older_than(config.dead_letter.retention_days)
         return replay(
             config,
             store,

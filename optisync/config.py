@@ -4,8 +4,6 @@ The section names are part of the product contract; the keys inside are document
 comment per key, in ``examples/optisync.yaml``.
 """
 
-from __future__ import annotations
-
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -54,7 +52,7 @@ class OptInSettings(Strict):
     unknown_state: Literal["opted_out", "opted_in"] = "opted_out"
 
     @model_validator(mode="after")
-    def _brand_for_list(self) -> OptInSettings:
+    def _brand_for_list(self) -> "OptInSettings":
         if self.method != "event" and self.brand_id is None:
             raise ValueError(f"opt-in method {self.method!r} needs brand_id (the OptiMail brand)")
         return self

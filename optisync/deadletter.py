@@ -16,8 +16,6 @@ whatever the caller passed. Secrets never reach this module: the request body is
 never its headers.
 """
 
-from __future__ import annotations
-
 import contextlib
 import errno
 import hashlib
@@ -137,7 +135,7 @@ class DeadLetter(BaseModel):
     def to_json(self) -> bytes:
         return (self.model_dump_json(by_alias=True, indent=2) + "\n").encode("utf-8")
 
-    def masked(self) -> DeadLetter:
+    def masked(self) -> "DeadLetter":
         """A copy with card numbers masked in every free-form field."""
         return self.model_copy(
             update={

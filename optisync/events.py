@@ -1,7 +1,5 @@
 """The input envelope (design.md §3) and the typed ``data`` model of each loyalty event."""
 
-from __future__ import annotations
-
 import hashlib
 import json
 from datetime import UTC, date, datetime

@@ -33,14 +33,26 @@ def locale_for(tag: str | None, default: str) -> Locale:
     return Locale.parse("en_US")
 
 
-def format_value(value: Any, fmt: Format, locale: Locale, default_currency: str) -> Any:
+class MemberLocale:
+    """A member's locale, resolved on first use: Babel's locale data costs tens of
+    milliseconds to load, and a cold single-event push often formats nothing."""
+
+    def __init__(self, tag: str | None, default: str) -> None:
+        self.tag, self.default = tag, default
+
+    def __call__(self) -> Locale:
+        return locale_for(self.tag, self.default)
+
+
+def format_value(
+    value: Any, fmt: Format, member_locale: MemberLocale, default_currency: str
+) -> Any:
     """``value`` written per ``fmt``; ``raw`` keeps JSON types and writes dates in ISO form."""
     if value is None:
         return None
     if fmt == "raw":
         return _raw(value)
-    if hasattr(locale, "get"):  # payloads' lazy locale: load Babel only now
-        locale = locale.get()
+    locale = member_locale()
     from babel.dates import format_date, format_datetime
     from babel.numbers import format_currency, format_decimal, format_percent
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from optisync.config import Config, Mapping, Template
 from optisync.deadletter import Kind
 from optisync.events import Envelope, EventType, resolve
-from optisync.localize import format_value, locale_for
+from optisync.localize import MemberLocale, format_value
 from optisync.optimove.formats import timestamp_for_optimove
 from optisync.optimove.outcome import Endpoint
 
@@ -48,17 +48,6 @@ class Part:
     pack_key: str = ""
 
 
-class _LazyLocale:
-    """Babel's locale data costs tens of milliseconds to load: only pay it when a value is
-    actually formatted (a cold single-event push often formats nothing)."""
-
-    def __init__(self, tag: str | None, default: str) -> None:
-        self.tag, self.default = tag, default
-
-    def get(self) -> Any:
-        return locale_for(self.tag, self.default)
-
-
 @dataclass
 class Plan:
     """Everything one message will send, and what it noticed on the way."""
@@ -72,7 +61,7 @@ def plan_message(
 ) -> Plan:
     """Build the parts for the routed targets; raises ``InvalidMessage`` if one can't be built."""
     plan = Plan()
-    locale = _LazyLocale(envelope.locale, config.locale.default_locale)
+    locale = MemberLocale(envelope.locale, config.locale.default_locale)
     currency = config.locale.default_currency
     for target in targets:
         kind = target.partition(":")[0]

@@ -182,3 +182,27 @@ def test_embedded_luhn_numbers_are_always_found(payload: int, filler: str) -> No
     text = f"{filler}x{card}x{filler}"
     assert find_card_numbers(text) == ["$"]
     assert mask_text(text).count("*") == len(card) - 4
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"note": "4111 1111 1111 1111"}',
+        '{"n": 4111111111111111}',
+        '{"n": 4.111111111111111e15}',
+        '{"note": "\\u0034111111111111111"}',
+    ],
+)
+def test_raw_prefilter_never_misses_a_card(text: str) -> None:
+    import json
+
+    from optisync.cards import may_hold_card
+
+    assert find_card_numbers(json.loads(text))
+    assert may_hold_card(text)
+
+
+def test_raw_prefilter_skips_ordinary_events() -> None:
+    from optisync.cards import may_hold_card
+
+    assert not may_hold_card('{"id": "e1", "occurred_at": "2026-11-25T10:00:00Z", "n": 5000}')

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_result, wait_random_exponential
 
 from optisync import __version__
 from optisync.errors import AuthError, ConfigError
@@ -42,6 +41,8 @@ from optisync.optimove.ratelimit import Limiter, RateLimiter, UnlimitedLimiter
 
 if TYPE_CHECKING:
     from typing import Self
+
+    from tenacity import RetryCallState
 
     from optisync.config import OptimoveSettings
 
@@ -251,14 +252,42 @@ class OptimoveClient:
         route = self._route(Endpoint(endpoint))
         content = encode_body(body)
         headers = self._headers(route, content)
-        policy = self._settings.retry
         started = self._clock()
+        # Most sends succeed first time: only a retryable answer pays for tenacity.
+        first = self._attempt(route, content, headers)
+        outcome, attempts = first, 1
+        if first.retryable and self._settings.retry.max_attempts > 1:
+            outcome, attempts = self._retry(route, content, headers, first, started)
+        delivery = Delivery(
+            ok=outcome.kind in ACCEPTED,
+            status=outcome.status,
+            outcome=outcome.kind,
+            error=self._redact(outcome.error),
+            attempts=attempts,
+            endpoint=route.endpoint.value,
+            body=content,
+        )
+        if delivery.outcome == "auth":
+            raise OptimoveAuthError.from_delivery(delivery)
+        return delivery
+
+    def _retry(
+        self,
+        route: _Route,
+        content: bytes,
+        headers: dict[str, str],
+        first: Outcome,
+        started: float,
+    ) -> tuple[Outcome, int]:
+        from tenacity import Retrying, retry_if_result, wait_random_exponential
+
+        policy = self._settings.retry
         attempts = 0
 
         def attempt() -> Outcome:
             nonlocal attempts
             attempts += 1
-            return self._attempt(route, content, headers)
+            return first if attempts == 1 else self._attempt(route, content, headers)
 
         jitter = wait_random_exponential(multiplier=policy.base_delay, max=policy.max_delay)
 
@@ -266,7 +295,7 @@ class OptimoveClient:
             last = _outcome_of(state)
             if policy.respect_retry_after and last.retry_after is not None:
                 return min(last.retry_after, policy.max_delay)
-            return jitter(state)
+            return float(jitter(state))
 
         def stop(state: RetryCallState) -> bool:
             if state.attempt_number >= policy.max_attempts:
@@ -297,18 +326,7 @@ class OptimoveClient:
             retry_error_callback=_outcome_of,
         )
         outcome: Outcome = retrying(attempt)
-        delivery = Delivery(
-            ok=outcome.kind in ACCEPTED,
-            status=outcome.status,
-            outcome=outcome.kind,
-            error=self._redact(outcome.error),
-            attempts=attempts,
-            endpoint=route.endpoint.value,
-            body=content,
-        )
-        if delivery.outcome == "auth":
-            raise OptimoveAuthError.from_delivery(delivery)
-        return delivery
+        return outcome, attempts
 
     def _attempt(self, route: _Route, content: bytes, headers: dict[str, str]) -> Outcome:
         # The permit is held until the answer is in, so the limiter can count from then.
