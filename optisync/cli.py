@@ -4,7 +4,6 @@ Every ``OptisyncError`` becomes its documented exit code in ``OptisyncGroup.invo
 one place where exceptions meet exit codes, so CliRunner tests see what users get.
 """
 
-from __future__ import annotations
 
 import logging
 import sys
