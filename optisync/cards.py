@@ -58,7 +58,8 @@ MAX_DIGITS = 19
 _RUN = re.compile(r"(?<![0-9])(?<![0-9][ -])[0-9](?:[ -]?[0-9]){12,}")
 _SEPARATORS = re.compile(r"[ -]")
 # In raw JSON text, digits can also hide behind \u escapes or an exponent (4.111e15).
-_HIDDEN = re.compile(r"\\u|[0-9][eE][+-]?[0-9]")
+# The prefilter looks for any 13-digit window, without _RUN's look-behinds: a superset.
+_CANDIDATE = re.compile(r"[0-9](?:[ -]?[0-9]){12}|\\u|[0-9][eE][+-]?[0-9]")
 
 
 def may_hold_card(raw_json: str) -> bool:
@@ -67,7 +68,7 @@ def may_hold_card(raw_json: str) -> bool:
     Every string and number of a document appears in its text; a run of 13+ digits, an
     escape or an exponent is needed to make one, and most events have none.
     """
-    return _RUN.search(raw_json) is not None or _HIDDEN.search(raw_json) is not None
+    return _CANDIDATE.search(raw_json) is not None
 
 
 # Luhn doubling table: digit d at an even position from the right (1-based) counts as this.

@@ -276,7 +276,8 @@ class Pusher:
             self._invalid(record, str(exc))
             return
         s.valid += 1
-        s.emd_unmapped.update(plan.emd_unmapped)
+        if plan.emd_unmapped:
+            s.emd_unmapped.update(plan.emd_unmapped)
         if self.dry_run:
             if len(s.plans) < MAX_PLANS_SHOWN:
                 s.plans.append(self._describe(record, decision.targets, decision.rules, plan.parts))

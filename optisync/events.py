@@ -177,7 +177,7 @@ class Envelope(BaseModel):
             return value
         if not isinstance(value, dict):
             raise ValueError("data must be a JSON object")
-        return DATA_MODELS[EventType(kind)].model_validate(value)
+        return DATA_MODELS[kind].model_validate(value)  # a StrEnum hashes as its value
 
     @property
     def message_id(self) -> str:
@@ -276,7 +276,7 @@ def resolve(envelope: Envelope, path: str) -> Any:
     value: Any = envelope.message_id if head == "id" else getattr(envelope, head, None)
     for part in rest.split(".") if rest else []:
         if isinstance(value, BaseModel):
-            value = getattr(value, part, None)
+            value = value.__dict__.get(part)
         elif isinstance(value, dict):
             value = value.get(part)
         else:

@@ -32,9 +32,14 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def decode(text: str | bytes) -> Any:
     """Strict JSON: no NaN or Infinity (json.loads would accept them)."""
-    return json.loads(text, parse_constant=_reject_constant)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    return _DECODER.decode(text)
 
 
 def check(value: Any, line: int | None, source: str | None, raw: str | None = None) -> Record:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +52,16 @@ class Plan:
     """Everything one message will send, and what it noticed on the way."""
 
     parts: list[Part] = field(default_factory=list)
-    emd_unmapped: Counter[str] = field(default_factory=Counter)
+    emd_unmapped: list[str] = field(default_factory=list)
+
+
+def field_of(data: BaseModel, name: str) -> Any:
+    """A field of the event's data, or None if its type has no such field.
+
+    Not getattr(): a missing attribute on a pydantic model takes a slow path through
+    ``__getattr__`` and an exception, on every message.
+    """
+    return data.__dict__.get(name)
 
 
 def plan_message(
@@ -138,14 +146,14 @@ def _attributes_parts(
             value = resolve(envelope, attr.source)
             if value is not None:
                 values[attr.name] = _attribute_value(value, attr.format, locale, currency)
-    emd = getattr(envelope.data, "emd", None)
+    emd = field_of(envelope.data, "emd")
     if isinstance(emd, dict):
         realtime = {a.name for a in config.attributes.realtime}
         for key, value in emd.items():
             name = config.attributes.emd.map.get(key)
             if name is None:
                 if key != config.attributes.emd.opt_in_key:
-                    plan.emd_unmapped[key] += 1
+                    plan.emd_unmapped.append(key)
             elif name in realtime and value is not None:
                 values[name] = value
     items = [{"RealFieldName": k, "Value": v} for k, v in values.items()]
@@ -184,14 +192,14 @@ def opt_in_state(envelope: Envelope, config: Config) -> bool | None:
     """The email consent this message states, if it states one."""
     data = envelope.data
     if envelope.type == EventType.OPT_IN_EMAIL:
-        return bool(getattr(data, "opted_in", False))
+        return bool(field_of(data, "opted_in"))
     key = config.attributes.emd.opt_in_key
-    emd = getattr(data, "emd", None)
+    emd = field_of(data, "emd")
     if key and isinstance(emd, dict) and emd.get(key) is not None:
         allowed = {v.upper() for v in config.attributes.emd.opt_in_values}
         return str(emd[key]).upper() in allowed
     if envelope.type == EventType.MEMBER_REGISTRATION:
-        consent = getattr(data, "email_opt_in", None)
+        consent = field_of(data, "email_opt_in")
         return None if consent is None else bool(consent)
     return None
 
