@@ -244,8 +244,7 @@ def main() -> None:
     os.environ.pop("OPTIMOVE_API_KEY", None)
     # An installed package has its bytecode compiled at install time; an editable checkout
     # under PYTHONDONTWRITEBYTECODE=1 would recompile every module on every start.
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "optisync")],
-                   check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "optisync")], check=True)
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

@@ -4,7 +4,6 @@ Every ``OptisyncError`` becomes its documented exit code in ``OptisyncGroup.invo
 one place where exceptions meet exit codes, so CliRunner tests see what users get.
 """
 
-
 import logging
 import sys
 import traceback
@@ -280,6 +279,10 @@ def sandbox_cmd(
     lost_response_rate: Annotated[
         float, typer.Option(help="Share processed but never answered.")
     ] = 0.0,
+    slow_rate: Annotated[
+        float, typer.Option(help="Share processed, then answered only after --slow-ms.")
+    ] = 0.0,
+    slow_ms: Annotated[float, typer.Option(help="Delay of a slow answer.")] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Seed for repeatable faults.")] = None,
     keep: Annotated[
         int | None, typer.Option(help="Keep only the last N accepted requests for inspection.")

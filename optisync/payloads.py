@@ -80,9 +80,7 @@ def plan_message(
         elif kind == "attributes":
             plan.parts.extend(_attributes_parts(envelope, config, locale, currency, plan))
         elif kind == "opt_in":
-            part = _opt_in_part(envelope, config, targets)
-            if part:
-                plan.parts.append(part)
+            plan.parts.extend(_opt_in_parts(envelope, config, targets))
         elif kind == "email":
             part = _email_part(envelope, config, target.partition(":")[2], locale, currency)
             if part:
@@ -204,25 +202,29 @@ def opt_in_state(envelope: Envelope, config: Config) -> bool | None:
     return None
 
 
-def _opt_in_part(envelope: Envelope, config: Config, targets: tuple[str, ...]) -> Part | None:
+def _opt_in_parts(envelope: Envelope, config: Config, targets: tuple[str, ...]) -> list[Part]:
     state = opt_in_state(envelope, config)
     if state is None:
-        return None
+        return []
     settings = config.optimove.opt_in
-    if settings.method == "event":
-        if envelope.type == EventType.OPT_IN_EMAIL and "events" in targets:
-            return None  # the opt_in_email event itself already carries the consent
+    parts = []
+    if settings.method in {"event", "both"} and not (
+        envelope.type == EventType.OPT_IN_EMAIL and "events" in targets
+    ):  # an OPT_IN_EMAIL routed to events already carries the consent itself
         mapping = config.events.get(EventType.OPT_IN_EMAIL)
         name = mapping.name if mapping else OPT_IN_EVENT
         body = _event_body(envelope, config, name, {"opted_in": state})
-        return Part(Kind.OPT_IN, Endpoint.EVENTS, body, "opt_in")
-    if not envelope.email:
-        raise InvalidMessage("the unsubscribe list needs the member's email", "email")
-    if state:
-        body = {"BrandId": settings.brand_id, "EmailAddress": envelope.email}
-        return Part(Kind.OPT_IN, Endpoint.DELETE_UNSUBSCRIBERS, body, "opt_in")
-    body = {"BrandId": settings.brand_id, "EmailAddresses": [envelope.email]}
-    return Part(Kind.OPT_IN, Endpoint.ADD_UNSUBSCRIBERS, body, "opt_in")
+        parts.append(Part(Kind.OPT_IN, Endpoint.EVENTS, body, "opt_in"))
+    if settings.method in {"unsubscribe_list", "both"}:
+        if not envelope.email:
+            raise InvalidMessage("the unsubscribe list needs the member's email", "email")
+        if state:
+            body = {"BrandId": settings.brand_id, "EmailAddress": envelope.email}
+            parts.append(Part(Kind.OPT_IN, Endpoint.DELETE_UNSUBSCRIBERS, body, "opt_in"))
+        else:
+            body = {"BrandId": settings.brand_id, "EmailAddresses": [envelope.email]}
+            parts.append(Part(Kind.OPT_IN, Endpoint.ADD_UNSUBSCRIBERS, body, "opt_in"))
+    return parts
 
 
 def unique_message_id(message_id: str, template: Template, name: str) -> str:

@@ -341,3 +341,42 @@ def test_overlapping_run_exits_75(fake: FakeOptimove, tmp_path: Path) -> None:
         result = invoke("replay", expect=ExitCode.LOCKED)
         assert "another optisync run" in result.stderr
         invoke("push-event", "--input", str(EXAMPLES / "events.ndjson"), expect=ExitCode.LOCKED)
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ("event", {"reportEvent"}),
+        ("unsubscribe_list", {"AddUnsubscribers"}),
+        ("both", {"reportEvent", "AddUnsubscribers"}),
+    ],
+)
+def test_opt_out_reaches_optimove_by_the_configured_method(
+    fake: FakeOptimove,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    expected: set[str],
+) -> None:
+    monkeypatch.setenv("OPTISYNC_OPTIMOVE__OPT_IN__METHOD", method)
+    monkeypatch.setenv("OPTISYNC_OPTIMOVE__OPT_IN__BRAND_ID", "7")
+    event = {
+        "id": "p1",
+        "type": "MEMBER_PROFILE_UPDATE",
+        "member_id": "M1",
+        "email": "ann@example.com",
+        "occurred_at": "2026-11-25T10:00:00Z",
+        "data": {"emd": {"email_opt_in": "N"}},
+    }
+    path = tmp_path / "one.ndjson"
+    path.write_text(json.dumps(event))
+    invoke("push-event", "--only", "opt_in", "--input", str(path))
+    paths = {p.rsplit("/", 1)[-1] for p, _ in fake.requests}
+    assert paths == expected
+    if "AddUnsubscribers" in expected:
+        assert fake.bodies("AddUnsubscribers") == [
+            {"BrandId": 7, "EmailAddresses": ["ann@example.com"]}
+        ]
+    if "reportEvent" in expected:
+        (body,) = fake.bodies("reportEvent")
+        assert (body["event"], body["context"]) == ("opt_in_email", {"opted_in": False})

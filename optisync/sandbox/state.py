@@ -80,12 +80,15 @@ class Faults:
     latency_ms: float = 0.0  # added to every response
     drop_rate: float = 0.0  # close the connection without answering, BEFORE processing
     lost_response_rate: float = 0.0  # process the request, then close without answering
+    slow_rate: float = 0.0  # process the request, then answer only after slow_ms
+    slow_ms: float = 0.0  # past the client's read timeout, this is a timeout after processing
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("error_rate", "burst_429", "drop_rate", "lost_response_rate"):
+        for name in ("error_rate", "burst_429", "drop_rate", "lost_response_rate", "slow_rate"):
             _check_rate(name, getattr(self, name))
         _check_rate("latency_ms", self.latency_ms, upper=None)
+        _check_rate("slow_ms", self.slow_ms, upper=None)
         if isinstance(self.burst_length, bool) or not isinstance(self.burst_length, int):
             raise ValueError("burst_length must be an integer")
         if self.burst_length < 1:
@@ -98,7 +101,15 @@ class Faults:
     @property
     def active(self) -> bool:
         """True when any fault other than latency can happen (random draws are needed)."""
-        return any((self.error_rate, self.burst_429, self.drop_rate, self.lost_response_rate))
+        return any(
+            (
+                self.error_rate,
+                self.burst_429,
+                self.drop_rate,
+                self.lost_response_rate,
+                self.slow_rate,
+            )
+        )
 
 
 def _check_limit(name: str, limit: tuple[int, float] | None) -> None:
@@ -236,6 +247,7 @@ STAT_KEYS = (
     "faults_503",
     "dropped",
     "lost_responses",
+    "slow_responses",
     "duplicates_409",
     "partial_206",
     "invalid_template",
@@ -337,6 +349,15 @@ class SandboxState:
             self._stats["requests"] += 1
             fault, lost = self._draw_faults()
             latency = self._faults.latency_ms
+            slow = 0.0
+            # drawn only when asked for, so older seeded sequences stay as they were
+            if (
+                fault is None
+                and not lost
+                and self._faults.slow_rate
+                and self._rng.random() < self._faults.slow_rate
+            ):
+                slow = self._faults.slow_ms
         if latency:
             time.sleep(latency / 1000.0)
         if fault is not None:
@@ -367,6 +388,10 @@ class SandboxState:
                 return self._count(reply, "bad_request_400")
         handler: Callable[[str, str, Any], Reply] = getattr(self, f"_do_{route.name}")
         reply = handler(parts.path, parts.query, body)
+        if slow:
+            with self._lock:
+                self._stats["slow_responses"] += 1
+            time.sleep(slow / 1000.0)
         if lost:
             with self._lock:
                 self._stats["lost_responses"] += 1
