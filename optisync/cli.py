@@ -358,7 +358,11 @@ def _print_plans(out: Output, plans: list[dict[str, Any]]) -> None:
 
 def _table(out: Output, summary: Any) -> None:
     data = summary.as_dict()
-    rows = [(k, v) for k, v in data.items() if isinstance(v, int) and k != "exit_code"]
+    rows = [
+        (k, v)
+        for k, v in data.items()
+        if isinstance(v, int) and not isinstance(v, bool) and k != "exit_code"
+    ]
     if out.interactive:
         from rich.table import Table
 

@@ -42,6 +42,7 @@ from optisync.errors import (
 from optisync.inputs import Record, check, decode, read_ndjson
 from optisync.lock import RunLock
 from optisync.optimove.client import OptimoveClient
+from optisync.optin import OptInRegister
 
 Progress = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
 
@@ -177,8 +178,15 @@ def push_event(
                 stack.enter_context(
                     RunLock(store.dir / "run.lock", wait=wait, command="push-event")
                 )
+        register = None
+        if any(t.kind == "triggered" and t.delivery == "api" for t in config.templates.values()):
+            path = config.path(config.optimove.state_dir) / "opt-in.sqlite3"
+            if not dry_run or path.exists():
+                register = OptInRegister(path)
+                stack.callback(register.close)
         pusher = Pusher(
             config,
+            opt_in_register=register,
             store=store,
             client_factory=None if dry_run else client_factory_for(config),
             run_id=run_id,

@@ -36,11 +36,14 @@ from optisync.errors import ExitCode
 from optisync.inputs import Record
 from optisync.optimove.client import OptimoveAuthError, OptimoveClient, encode_body
 from optisync.optimove.outcome import Delivery, Endpoint
+from optisync.optin import OptInRegister
 from optisync.payloads import (
     MAX_CUSTOMERS_PER_CALL,
     InvalidMessage,
     Part,
+    opt_in_state,
     pack_attributes,
+    pack_transactional,
     plan_message,
 )
 from optisync.routing import route
@@ -53,6 +56,8 @@ _ERROR_CLASS = {
     "auth": ErrorClass.AUTH,
 }
 MAX_PLANS_SHOWN = 1000
+MAX_RECIPIENTS_PER_CALL = 200
+MAX_PROMOTIONS_PER_CALL = 100
 
 
 def new_run_id() -> str:
@@ -81,11 +86,13 @@ class Summary:
     unrouted: int = 0
     nothing_to_send: int = 0
     skipped: int = 0
+    suppressed: int = 0
     requests: int = 0
     duplicates: int = 0
     by_target: Counter[str] = field(default_factory=Counter)
     emd_unmapped: Counter[str] = field(default_factory=Counter)
     warnings: Counter[str] = field(default_factory=Counter)
+    suppressed_reasons: Counter[str] = field(default_factory=Counter)
     stopped: str | None = None  # auth | unavailable | interrupted
     stop_reason: str | None = None
     plans: list[dict[str, Any]] = field(default_factory=list)
@@ -120,6 +127,7 @@ class Summary:
             "dead_lettered",
             "unrouted",
             "nothing_to_send",
+            "suppressed",
             "skipped",
             "requests",
             "duplicates",
@@ -129,6 +137,7 @@ class Summary:
         out.update({name: getattr(self, name) for name in names})
         out["delivered_by_target"] = dict(self.by_target)
         out["emd_unmapped"] = dict(self.emd_unmapped)
+        out["suppressed_reasons"] = dict(self.suppressed_reasons)
         out["warnings"] = [f"{text} (x{n})" if n > 1 else text for text, n in self.warnings.items()]
         out["stopped"] = self.stopped
         out["stop_reason"] = self.stop_reason
@@ -149,13 +158,28 @@ class _Batch:
     endpoint: Endpoint
     items: list[tuple[_Message, Part]] = field(default_factory=list)
     customers: set[str] = field(default_factory=set)
+    sent: Any = None
 
     def body(self) -> Any:
-        if len(self.items) == 1:
-            return self.items[0][1].body
+        bodies = [part.body for _, part in self.items]
+        if self.endpoint is Endpoint.ADD_PROMOTIONS:
+            return [promo for body in bodies for promo in body]
+        if len(bodies) == 1:
+            return bodies[0]
         if self.endpoint is Endpoint.UPDATE_CUSTOMER_ATTRIBUTES:
-            return pack_attributes([part.body for _, part in self.items])
-        return [part.body for _, part in self.items]  # events: an array
+            return pack_attributes(bodies)
+        if self.endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL:
+            return pack_transactional(bodies)
+        return bodies  # events: an array
+
+    def letter_request(self, part: Part, sent: Any) -> Any:
+        """What a failed part's dead letter keeps as its request.
+
+        A bulk mail keeps the whole call: replaying that exact body (same UniqueMessageID)
+        is what guarantees no second mail if the call did go through. Attribute updates
+        and events keep the member's own slice, which is safe to resend alone.
+        """
+        return sent if self.endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL else part.body
 
 
 ClientFactory = Callable[[], OptimoveClient]
@@ -221,8 +245,13 @@ class Pusher:
         only: set[str] | None = None,
         dry_run: bool = False,
         on_done: Callable[[Record, bool], None] | None = None,
+        opt_in_register: OptInRegister | None = None,
     ) -> None:
         self.config = config
+        self.register = opt_in_register
+        # a dry run must not write the register, yet later lines should see earlier consent
+        self.consent_seen: dict[str, bool] = {}
+        self.promo_codes: set[str] = set()
         self.store = store
         self.client_factory = client_factory
         self.only = only
@@ -270,14 +299,24 @@ class Pusher:
                 s.warnings[f"{envelope.type.value}: no routing rule matches"] += 1
             self._done(record, ok=True)
             return
+        consent = opt_in_state(envelope, self.config)
+        if consent is not None:
+            self.consent_seen[envelope.member_id] = consent
+            if self.register is not None and not self.dry_run:
+                self.register.record(envelope.member_id, consent, envelope.occurred_at)
         try:
-            plan = plan_message(envelope, decision.targets, self.config, self.only)
+            plan = plan_message(
+                envelope, decision.targets, self.config, self.only, self._known_consent
+            )
         except InvalidMessage as exc:
             self._invalid(record, str(exc))
             return
         s.valid += 1
         if plan.emd_unmapped:
             s.emd_unmapped.update(plan.emd_unmapped)
+        if plan.suppressed:
+            s.suppressed += 1
+            s.suppressed_reasons.update(plan.suppressed)
         if self.dry_run:
             if len(s.plans) < MAX_PLANS_SHOWN:
                 s.plans.append(self._describe(record, decision.targets, decision.rules, plan.parts))
@@ -292,6 +331,11 @@ class Pusher:
                 self._fail(message, part, None, self._stopped_error())
             else:
                 self._queue(message, part)
+
+    def _known_consent(self, member_id: str) -> bool | None:
+        if member_id in self.consent_seen:
+            return self.consent_seen[member_id]
+        return self.register.get(member_id) if self.register is not None else None
 
     def _describe(
         self, record: Record, targets: tuple[str, ...], rules: tuple[str, ...], parts: list[Part]
@@ -322,6 +366,24 @@ class Pusher:
             if len(batch.customers) >= MAX_CUSTOMERS_PER_CALL:
                 self._send(self.pending.pop("attributes"))
             return
+        if endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL:
+            key = f"email:{part.body['TemplateID']}"
+            batch = self.pending.setdefault(key, _Batch(endpoint))
+            batch.items.append((message, part))
+            if len(batch.items) >= MAX_RECIPIENTS_PER_CALL:
+                self._send(self.pending.pop(key))
+            return
+        if endpoint is Endpoint.ADD_PROMOTIONS:
+            if part.pack_key in self.promo_codes:  # the same code once per run
+                self.summary.by_target[part.target] += 1
+                self._part_done(message, ok=True)
+                return
+            self.promo_codes.add(part.pack_key)
+            batch = self.pending.setdefault("promotions", _Batch(endpoint))
+            batch.items.append((message, part))
+            if len(batch.items) >= MAX_PROMOTIONS_PER_CALL:
+                self._send(self.pending.pop("promotions"))
+            return
         per_request = self.config.optimove.events_per_request
         if endpoint is Endpoint.EVENTS and per_request > 1:
             batch = self.pending.setdefault("events", _Batch(endpoint))
@@ -340,7 +402,8 @@ class Pusher:
             assert self.client_factory is not None
             client = self.client_factory()
             self.sender = _Sender(client, self.config.optimove.concurrency)
-        self.sender.submit(batch.endpoint, batch.body(), batch)
+        batch.sent = batch.body()
+        self.sender.submit(batch.endpoint, batch.sent, batch)
         self.summary.requests += 1
         for tag, delivery, exc in self.sender.settle():
             self._settle(tag, delivery, exc)
@@ -383,10 +446,18 @@ class Pusher:
                         LetterError(
                             error_class=ErrorClass.TRANSIENT, message=f"{type(exc).__name__}: {exc}"
                         ),
+                        request=batch.letter_request(part, batch.sent),
                     )
                 raise exc
             for message, part in batch.items:
-                self._fail(message, part, None, error, attempts=attempts)
+                self._fail(
+                    message,
+                    part,
+                    None,
+                    error,
+                    attempts=attempts,
+                    request=batch.letter_request(part, batch.sent),
+                )
             return
         assert delivery is not None
         if delivery.ok:
@@ -410,7 +481,14 @@ class Pusher:
             message=delivery.error or f"HTTP {delivery.status}",
         )
         for message, part in batch.items:
-            self._fail(message, part, delivery.endpoint, error, attempts=delivery.attempts)
+            self._fail(
+                message,
+                part,
+                delivery.endpoint,
+                error,
+                attempts=delivery.attempts,
+                request=batch.letter_request(part, batch.sent),
+            )
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -436,6 +514,7 @@ class Pusher:
         endpoint: str | None,
         error: LetterError,
         attempts: int = 0,
+        request: Any = None,
     ) -> None:
         envelope = message.record.envelope
         assert envelope is not None
@@ -445,7 +524,7 @@ class Pusher:
                 kind=part.kind,
                 type=envelope.type.value,
                 envelope=envelope.model_dump(mode="json"),
-                request=part.body,
+                request=part.body if request is None else request,
                 endpoint=part.endpoint.value,
                 error=error,
                 source=LetterSource(file=message.record.source, line=message.record.line),

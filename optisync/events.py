@@ -54,6 +54,15 @@ ShortText = Annotated[str, Field(max_length=1000)]
 EmdValue = str | int | float | bool | None
 
 
+class Offer(Data):
+    """A personalized offer of the member's: it becomes an Optimove promotion."""
+
+    promo_code: Annotated[str, Field(min_length=1, max_length=100)]
+    name: ShortText
+    ends_on: date | None = None
+    value: Money | None = None
+
+
 class MemberRegistrationData(Data):
     first_name: ShortText | None = None
     last_name: ShortText | None = None
@@ -64,6 +73,7 @@ class MemberRegistrationData(Data):
     language: ShortText | None = None
     email_opt_in: bool | None = Field(None, description="consent given at registration")
     emd: dict[str, EmdValue] = Field(default_factory=dict)
+    offers: list[Offer] = Field(default_factory=list)
 
 
 class OptInEmailData(Data):
@@ -88,6 +98,9 @@ class MemberProfileUpdateData(Data):
     language: ShortText | None = None
     emd: dict[str, EmdValue] = Field(
         default_factory=dict, description="Extended Member Data: dynamic key/value pairs"
+    )
+    offers: list[Offer] = Field(
+        default_factory=list, description="personalized offers now assigned to the member"
     )
 
 
@@ -247,6 +260,9 @@ def data_paths(kind: EventType) -> frozenset[str]:
         for name, field in model.model_fields.items():
             path = f"{prefix}.{name}"
             paths.add(path)
+            if get_origin(field.annotation) is list:
+                path = f"{path}.[]"  # an item: data.offers.0.name
+                paths.add(path)
             for sub in _models_in(field.annotation):
                 walk(path, sub)
 
@@ -267,6 +283,10 @@ def has_path(kind: EventType, path: str) -> bool:
     paths = data_paths(kind)
     if path in paths:
         return True
+    if any(part.isdigit() for part in path.split(".")):
+        generic = ".".join("[]" if part.isdigit() else part for part in path.split("."))
+        if generic in paths:
+            return True
     return path.startswith("data.emd.") and "data.emd" in paths and len(path) > len("data.emd.")
 
 
@@ -279,6 +299,8 @@ def resolve(envelope: Envelope, path: str) -> Any:
             value = value.__dict__.get(part)
         elif isinstance(value, dict):
             value = value.get(part)
+        elif isinstance(value, list) and part.isdigit():
+            value = value[int(part)] if int(part) < len(value) else None
         else:
             return None
     return value

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,7 @@ class Plan:
 
     parts: list[Part] = field(default_factory=list)
     emd_unmapped: list[str] = field(default_factory=list)
+    suppressed: list[str] = field(default_factory=list)
 
 
 def field_of(data: BaseModel, name: str) -> Any:
@@ -64,29 +66,54 @@ def field_of(data: BaseModel, name: str) -> Any:
     return data.__dict__.get(name)
 
 
+OptInLookup = Callable[[str], bool | None]
+
+
 def plan_message(
-    envelope: Envelope, targets: tuple[str, ...], config: Config, only: set[str] | None = None
+    envelope: Envelope,
+    targets: tuple[str, ...],
+    config: Config,
+    only: set[str] | None = None,
+    opt_in: OptInLookup | None = None,
 ) -> Plan:
-    """Build the parts for the routed targets; raises ``InvalidMessage`` if one can't be built."""
+    """Build the parts for the routed targets; raises ``InvalidMessage`` if one can't be built.
+
+    ``opt_in`` tells a member's known consent, for triggered templates optisync sends itself.
+    """
     plan = Plan()
     locale = MemberLocale(envelope.locale, config.locale.default_locale)
     currency = config.locale.default_currency
+
+    def wanted(kind: str) -> bool:
+        return only is None or kind in only
+
+    # A triggered template in event mode is sent by Optimove's real-time campaign on the
+    # reported event, so its tags travel as extra parameters of that event.
+    triggered = [
+        name
+        for target in targets
+        if target.startswith("email:")
+        and (name := target.partition(":")[2]) in config.templates
+        and config.templates[name].kind == "triggered"
+        and config.templates[name].delivery == "event"
+    ]
+    if (wanted("events") and "events" in targets) or (wanted("email") and triggered):
+        extra = [config.templates[name] for name in triggered]
+        plan.parts.append(_event_part(envelope, config, locale, currency, extra))
     for target in targets:
-        kind = target.partition(":")[0]
-        if only is not None and kind not in only:
+        kind, _, name = target.partition(":")
+        if not wanted(kind):
             continue
-        if kind == "events":
-            plan.parts.append(_event_part(envelope, config, locale, currency))
-        elif kind == "attributes":
+        if kind == "attributes":
             plan.parts.extend(_attributes_parts(envelope, config, locale, currency, plan))
         elif kind == "opt_in":
             plan.parts.extend(_opt_in_parts(envelope, config, targets))
         elif kind == "email":
-            part = _email_part(envelope, config, target.partition(":")[2], locale, currency)
+            part = _email_part(envelope, config, name, locale, currency, opt_in, plan)
             if part:
                 plan.parts.append(part)
         elif kind == "promotions":
-            raise InvalidMessage("promotions are not synced by this version", "routing")
+            plan.parts.extend(_promotion_parts(envelope))
     return plan
 
 
@@ -111,12 +138,23 @@ def _context_value(envelope: Envelope, name: str, mapping: Mapping, locale: Any,
     return value
 
 
-def _event_part(envelope: Envelope, config: Config, locale: Any, currency: str) -> Part:
+def _event_part(
+    envelope: Envelope, config: Config, locale: Any, currency: str, templates: list[Template]
+) -> Part:
     mapping = config.events.get(envelope.type)
     if mapping is None:
         raise InvalidMessage(f"no events.{envelope.type.value} mapping in the config", "type")
+    sources = dict(mapping.context)
+    for template in templates:
+        for tag, source in template.attribute_mappings.items():
+            sources.setdefault(event_parameter(tag), source)
+    if len(sources) > MAX_CONTEXT_PARAMS:
+        raise InvalidMessage(
+            f"{len(sources)} context parameters with the triggered templates' tags;"
+            f" Optimove takes at most {MAX_CONTEXT_PARAMS}"
+        )
     context = {}
-    for name, source in mapping.context.items():
+    for name, source in sources.items():
         value = _context_value(envelope, name, source, locale, currency)
         if value is not None:
             context[name] = value
@@ -234,8 +272,19 @@ def unique_message_id(message_id: str, template: Template, name: str) -> str:
     return f"optisync-{digest.hexdigest()[:40]}"
 
 
+def event_parameter(tag: str) -> str:
+    """The event parameter behind an ``[%EVENT:TAG%]`` tag (parameters are snake_case)."""
+    return tag.lower()
+
+
 def _email_part(
-    envelope: Envelope, config: Config, name: str, locale: Any, currency: str
+    envelope: Envelope,
+    config: Config,
+    name: str,
+    locale: Any,
+    currency: str,
+    opt_in: OptInLookup | None,
+    plan: Plan,
 ) -> Part | None:
     template = config.templates.get(name)
     if template is None:
@@ -244,6 +293,17 @@ def _email_part(
         template.kind == "triggered" and template.delivery == "event"
     ):
         return None  # Optimove's own campaigns send these, from attributes or the event
+    if template.kind == "triggered":
+        # marketing mail sent by optisync itself: only to members who opted in
+        known = opt_in(envelope.member_id) if opt_in else None
+        if known is None:
+            unknown = config.optimove.opt_in.unknown_state
+            if unknown != "opted_in":
+                plan.suppressed.append(f"email:{name}: opt-in state unknown ({unknown})")
+                return None
+        elif not known:
+            plan.suppressed.append(f"email:{name}: member has opted out")
+            return None
     if not envelope.email:
         raise InvalidMessage(f"template {name} needs the member's email", "email")
     personalizations = []
@@ -256,6 +316,37 @@ def _email_part(
         "Recipients": [{"Email": envelope.email, "Personalizations": personalizations}],
     }
     return Part(Kind.EMAIL, Endpoint.SEND_TRANSACTIONAL_MAIL, body, f"email:{name}")
+
+
+def _promotion_parts(envelope: Envelope) -> list[Part]:
+    offers = field_of(envelope.data, "offers") or []
+    return [
+        Part(
+            Kind.PROMOTIONS,
+            Endpoint.ADD_PROMOTIONS,
+            [{"PromoCode": offer.promo_code, "PromotionName": offer.name}],
+            "promotions",
+            pack_key=offer.promo_code,
+        )
+        for offer in offers
+    ]
+
+
+def pack_transactional(bodies: list[Any]) -> Any:
+    """One SendTransactionalMail body for many recipients of one template.
+
+    Its UniqueMessageID is derived from the recipients' own ids, so the same batch always
+    carries the same id and a resend of it is answered 409, never mailed twice.
+    """
+    if len(bodies) == 1:
+        return bodies[0]
+    uids = sorted(body["UniqueMessageID"] for body in bodies)
+    digest = hashlib.sha256("\x1f".join(uids).encode()).hexdigest()[:40]
+    return {
+        "TemplateID": bodies[0]["TemplateID"],
+        "UniqueMessageID": f"optisync-b{len(bodies)}-{digest}",
+        "Recipients": [r for body in bodies for r in body["Recipients"]],
+    }
 
 
 def pack_attributes(bodies: list[Any]) -> Any:

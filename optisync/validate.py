@@ -236,6 +236,17 @@ def _templates(src: Source, config: Config) -> None:
                 f"a {template.kind} template needs a positive integer template_id",
                 hint="the TemplateID shown in OptiMail's template list",
             )
+        if (
+            template.kind == "triggered"
+            and template.delivery == "event"
+            and template.event is not None
+            and template.event not in config.events
+        ):
+            src.add(
+                (*loc, "event"),
+                f"a triggered template in event mode is sent on the reported event, but"
+                f" events.{template.event.value} is not mapped to an Optimove event",
+            )
         if template.kind in {"transactional", "triggered"} and template.event is None:
             src.add(
                 loc, f"a {template.kind} template needs 'event': the loyalty event that sends it"
@@ -270,12 +281,20 @@ def _template_file(src: Source, loc: Loc, template: Template, config: Config) ->
         src.add((*loc, "file"), f"cannot read template file {path}: {exc.strerror or exc}")
         return
     tags = template_tags(text, template.kind)
-    missing = sorted(tags - set(template.attribute_mappings))
+    covered = set(template.attribute_mappings)
+    by_event = template.kind == "triggered" and template.delivery == "event"
+    if by_event and template.event in config.events:
+        # Optimove's campaign fills [%EVENT:X%] from the reported event's parameters
+        covered |= {param.upper() for param in config.events[template.event].context}
+    missing = sorted(tags - covered)
     if missing:
+        where = "attribute_mappings entry"
+        if by_event:
+            where = f"events.{template.event.value if template.event else '?'}.context parameter"
+            where += " or attribute_mappings entry"
         src.add(
             (*loc, "file"),
-            f"template {template.file} uses tags with no attribute_mappings entry:"
-            f" {', '.join(missing)}",
+            f"template {template.file} uses tags with no {where}: {', '.join(missing)}",
             hint="add each under attribute_mappings, e.g. "
             f"{missing[0]}: data.<field>; Optimove would send them empty (HTTP 206)",
         )

@@ -105,13 +105,16 @@ def setup(sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def accepted(sandbox: Sandbox) -> tuple[list[str], list[str]]:
-    """Message ids of accepted events, and UniqueMessageIDs of accepted mails."""
+    """Message ids of accepted events, and the recipients of accepted mails (bulk calls
+    carry up to 200 recipients under one UniqueMessageID)."""
     events = []
     for rec in sandbox.received("events"):
         body = rec["body"]
         for event in body if isinstance(body, list) else [body]:
             events.append(event["context"]["message_id"])
-    mails = [rec["body"]["UniqueMessageID"] for rec in sandbox.received("transactional")]
+    mails = [
+        r["Email"] for rec in sandbox.received("transactional") for r in rec["body"]["Recipients"]
+    ]
     return events, mails
 
 

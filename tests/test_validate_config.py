@@ -199,7 +199,11 @@ def test_mapping_source_must_be_a_field_of_the_event(write_config: WriteConfig) 
 
 
 def test_triggered_template_without_template_id(write_config: WriteConfig) -> None:
-    text = BASE + "templates:\n  welcome:\n    kind: triggered\n    event: MEMBER_REGISTRATION\n"
+    text = (
+        BASE
+        + "templates:\n  welcome:\n    kind: triggered\n"
+        "    event: MEMBER_REGISTRATION\n    delivery: api\n"
+    )
     path = write_config(text)
     assert lines_of(path) == [
         f"{path}:12: templates.welcome: a triggered template needs a positive integer"
@@ -330,7 +334,7 @@ def test_all_done_when_problems_in_one_file_in_one_run(write_config: WriteConfig
             "  api_key:", "  api_kee:"
         )
         + "templates:\n"
-        "  welcome: {kind: triggered, event: MEMBER_REGISTRATION}\n"
+        "  welcome: {kind: triggered, event: MEMBER_REGISTRATION, delivery: api}\n"
         "  receipt:\n"
         "    kind: transactional\n"
         "    template_id: 7\n"
@@ -394,3 +398,38 @@ def test_example_config_is_valid() -> None:
 
     report = validate_config(EXAMPLES / "optisync.yaml")
     assert [p.render() for p in report.errors] == []
+
+
+def test_event_mode_tags_are_checked_against_the_event_context(write_config: WriteConfig) -> None:
+    text = (
+        BASE + "events:\n"
+        "  MEMBER_REGISTRATION:\n"
+        "    {name: member_registration, context: {first_name: data.first_name}}\n"
+        "templates:\n"
+        "  welcome:\n"  # line 15
+        "    kind: triggered\n"
+        "    template_id: 5\n"
+        "    event: MEMBER_REGISTRATION\n"
+        "    file: welcome.html\n"  # line 19
+        "    attribute_mappings: {TIER: data.tier}\n"
+    )
+    html = "[%EVENT:FIRST_NAME%] [%EVENT:TIER%] [%EVENT:CARD_TYPE%]"
+    path = write_config(text, {"welcome.html": html})
+    assert lines_of(path) == [
+        f"{path}:19: templates.welcome.file: template welcome.html uses tags with no"
+        " events.MEMBER_REGISTRATION.context parameter or attribute_mappings entry: CARD_TYPE\n"
+        "  hint: add each under attribute_mappings, e.g. CARD_TYPE: data.<field>; Optimove would"
+        " send them empty (HTTP 206)"
+    ]
+
+
+def test_event_mode_needs_the_event_mapped(write_config: WriteConfig) -> None:
+    text = BASE + (
+        "templates:\n  welcome:\n    kind: triggered\n    template_id: 5\n"
+        "    event: MEMBER_REGISTRATION\n"
+    )
+    path = write_config(text)
+    assert lines_of(path) == [
+        f"{path}:15: templates.welcome.event: a triggered template in event mode is sent on the"
+        " reported event, but events.MEMBER_REGISTRATION is not mapped to an Optimove event"
+    ]
