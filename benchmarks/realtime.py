@@ -7,7 +7,9 @@
 2. 20,000 events (--only events, sandbox limits off) vs a plain sequential httpx loop;
 3. 100,000 attribute updates (--only attributes) with the sandbox enforcing 50 requests / 10 s,
    vs the floor that quota allows: ceil(N / 1,000) calls at 5 per second; 429s counted;
-4. peak memory (max RSS) of a push of a large newline-delimited input (default 1 GB).
+4. peak memory (max RSS) of a push of a large newline-delimited input (default 1 GB);
+5. 10,000 transactional emails of one template with the sandbox enforcing 10 calls / s, vs
+   the floor: ceil(N / 200) calls at 10 per second; 429s counted.
 
 The sandbox runs in its own process, so client and server each have a core.
 """
@@ -48,8 +50,18 @@ attributes:
   emd: {{opt_in_key: email_opt_in}}
 events:
   MEMBER_TIER: {{name: member_tier, context: {{tier: data.tier}}}}
+templates:
+  receipt:
+    kind: transactional
+    template_id: 1002
+    event: PURCHASE
+    attribute_mappings:
+      AMOUNT: {{source: data.amount, format: currency}}
+      ORDER_ID: data.order_id
 routing:
-  rules: [{{types: MEMBER_TIER, to: [events, attributes]}}]
+  rules:
+    - {{types: MEMBER_TIER, to: [events, attributes]}}
+    - {{types: PURCHASE, to: ["email:receipt"]}}
 dead_letter: {{dir: {dl}}}
 """
 
@@ -207,6 +219,27 @@ def bench_attributes(tmp: Path, n: int) -> dict[str, float]:
     }
 
 
+def bench_transactional(tmp: Path, n: int) -> dict[str, float]:
+    source = tmp / "purchases.ndjson"
+    with source.open("w") as f:
+        for i in range(n):
+            f.write(json.dumps({
+                "id": f"p{i}", "type": "PURCHASE", "member_id": f"M{i:09d}",
+                "email": f"m{i}@example.com", "locale": "fr_CA",
+                "occurred_at": "2026-11-25T10:00:00Z",
+                "data": {"order_id": f"O{i}", "amount": {"amount": "1234.50", "currency": "CAD"}},
+            }) + "\n")
+    cfg = config(tmp, PORT_LIMITED)
+    sandbox_call(PORT_LIMITED, "reset", "POST")
+    seconds = timed([OPTISYNC, "-c", str(cfg), "push-event", "--only", "email",
+                     "--input", str(source)])
+    stats = sandbox_call(PORT_LIMITED, "stats")
+    floor = math.ceil(n / 200) / 10.0
+    return {"emails": n, "calls": stats["accepted_transactional"], "seconds": seconds,
+            "floor_s": floor, "ratio_to_floor": seconds / floor,
+            "rate_limited_429": stats["rate_limited_429"]}
+
+
 def bench_memory(tmp: Path, megabytes: int) -> dict[str, float]:
     source = tmp / "big.ndjson"
     target = megabytes * 1024 * 1024
@@ -240,6 +273,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--memory-mb", type=int, default=1024)
+    parser.add_argument("--only", action="append",
+                        choices=["cold_start", "events", "attributes", "transactional", "memory"],
+                        help="run only these measurements (repeatable)")
     args = parser.parse_args()
     os.environ.pop("OPTIMOVE_API_KEY", None)
     # An installed package has its bytecode compiled at install time; an editable checkout
@@ -250,15 +286,21 @@ def main() -> None:
         tmp = Path(d)
         limited, open_ = start_sandbox(PORT_LIMITED, True), start_sandbox(PORT_OPEN, False)
         try:
-            results["cold_start"] = bench_cold_start(tmp, 3 if args.quick else 9)
-            print(json.dumps(results["cold_start"]), flush=True)
-            results["events"] = bench_events(tmp, 2000 if args.quick else 20000)
-            print(json.dumps(results["events"]), flush=True)
-            results["attributes"] = bench_attributes(tmp, 10000 if args.quick else 100000)
-            print(json.dumps(results["attributes"]), flush=True)
-            if not args.skip_memory:
-                results["memory"] = bench_memory(tmp, 20 if args.quick else args.memory_mb)
-                print(json.dumps(results["memory"]), flush=True)
+            quick = args.quick
+            plan = {
+                "cold_start": lambda: bench_cold_start(tmp, 3 if quick else 9),
+                "events": lambda: bench_events(tmp, 2000 if quick else 20000),
+                "attributes": lambda: bench_attributes(tmp, 10000 if quick else 100000),
+                "transactional": lambda: bench_transactional(tmp, 2000 if quick else 10000),
+                "memory": lambda: bench_memory(tmp, 20 if quick else args.memory_mb),
+            }
+            for name, run in plan.items():
+                if (args.only and name not in args.only) or (
+                    name == "memory" and args.skip_memory
+                ):
+                    continue
+                results[name] = run()
+                print(json.dumps({name: results[name]}), flush=True)
         finally:
             limited.terminate()
             open_.terminate()
