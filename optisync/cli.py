@@ -189,6 +189,10 @@ def push_event_cmd(
     only: Only = None,
     dry_run: DryRun = False,
     wait: Wait = False,
+    fresh: Annotated[
+        bool,
+        typer.Option("--fresh", help="Forget this file's journal and send every line again."),
+    ] = False,
 ) -> None:
     """Send loyalty events to Optimove: events, attributes, opt-in and email.
 
@@ -212,7 +216,13 @@ def push_event_cmd(
     )
     with _progress(out, "pushing") as progress:
         summary = push_event(
-            out.config, source, only=only, dry_run=dry_run, wait=wait, progress=progress
+            out.config,
+            source,
+            only=only,
+            dry_run=dry_run,
+            wait=wait,
+            progress=progress,
+            fresh=fresh,
         )
     _render(out, summary)
 

@@ -40,6 +40,7 @@ from optisync.errors import (
     UsageError,
 )
 from optisync.inputs import Record, check, decode, read_ndjson
+from optisync.journal import Journal, journal_path
 from optisync.lock import RunLock
 from optisync.optimove.client import OptimoveClient
 from optisync.optin import OptInRegister
@@ -158,8 +159,13 @@ def push_event(
     dry_run: bool = False,
     wait: bool = False,
     progress: Progress | None = None,
+    fresh: bool = False,
 ) -> Summary:
-    """Validate, route and send events; dead-letter what cannot be delivered."""
+    """Validate, route and send events; dead-letter what cannot be delivered.
+
+    A file given with ``--input`` keeps a journal of the parts already handled, so a rerun
+    after a crash skips them; ``fresh`` forgets it and sends the whole file again.
+    """
     source.check_usage()
     if only:
         unknown = sorted(set(only) - set(TARGETS))
@@ -184,8 +190,16 @@ def push_event(
             if not dry_run or path.exists():
                 register = OptInRegister(path)
                 stack.callback(register.close)
+        journal = None
+        if source.input is not None and source.input != "-" and not dry_run:
+            journal = Journal(
+                journal_path(config.path(config.optimove.state_dir), Path(source.input)),
+                fresh=fresh,
+            )
+            stack.callback(journal.close)
         pusher = Pusher(
             config,
+            journal=journal,
             opt_in_register=register,
             store=store,
             client_factory=None if dry_run else client_factory_for(config),

@@ -32,8 +32,9 @@ from optisync.deadletter import (
     LetterError,
     LetterSource,
 )
-from optisync.errors import ExitCode
+from optisync.errors import ExitCode, StorageError
 from optisync.inputs import Record
+from optisync.journal import Journal
 from optisync.optimove.client import OptimoveAuthError, OptimoveClient, encode_body
 from optisync.optimove.outcome import Delivery, Endpoint
 from optisync.optin import OptInRegister
@@ -244,7 +245,7 @@ class Pusher:
         config_hash: str,
         only: set[str] | None = None,
         dry_run: bool = False,
-        on_done: Callable[[Record, bool], None] | None = None,
+        journal: Journal | None = None,
         opt_in_register: OptInRegister | None = None,
     ) -> None:
         self.config = config
@@ -256,12 +257,13 @@ class Pusher:
         self.client_factory = client_factory
         self.only = only
         self.dry_run = dry_run
-        self.on_done = on_done
+        self.journal = journal
         self.run_id = run_id
         self.config_hash = config_hash
         self.summary = Summary("push-event", run_id, dry_run=dry_run)
         self.pending: dict[str, _Batch] = {}
         self.sender: _Sender | None = None
+        self.storage_failed = False
 
     # -- the run -------------------------------------------------------------------------
 
@@ -277,6 +279,10 @@ class Pusher:
                 self._flush_all()
             except KeyboardInterrupt:
                 self._stop("interrupted", "interrupted by a signal; in-flight work was finished")
+            except StorageError:
+                # nothing more can be stored, so nothing more may be acknowledged
+                self.storage_failed = True
+                raise
             finally:
                 self._finish()
         return self.summary
@@ -293,11 +299,13 @@ class Pusher:
             s.valid += 1
             s.unrouted += 1
             if self.config.routing.unrouted == "dead_letter":
+                if self._seen_whole(envelope.message_id):
+                    return
                 self._letter(record, Kind.INPUT, ErrorClass.INVALID, "no routing rule matches")
+                self._journal(envelope.message_id, "*")
                 s.dead_lettered += 1
             else:
                 s.warnings[f"{envelope.type.value}: no routing rule matches"] += 1
-            self._done(record, ok=True)
             return
         consent = opt_in_state(envelope, self.config)
         if consent is not None:
@@ -323,10 +331,17 @@ class Pusher:
             return
         if not plan.parts:
             s.nothing_to_send += 1
-            self._done(record, ok=True)
             return
-        message = _Message(record, remaining=len(plan.parts))
-        for part in plan.parts:
+        parts = plan.parts
+        for index, part in enumerate(parts):
+            part.slot = f"{part.target}#{index}"
+        if self.journal is not None and len(self.journal):
+            parts = [p for p in parts if not self.journal.handled(envelope.message_id, p.slot)]
+            if not parts:
+                s.skipped += 1
+                return
+        message = _Message(record, remaining=len(parts))
+        for part in parts:
             if self.summary.stopped:
                 self._fail(message, part, None, self._stopped_error())
             else:
@@ -376,7 +391,7 @@ class Pusher:
         if endpoint is Endpoint.ADD_PROMOTIONS:
             if part.pack_key in self.promo_codes:  # the same code once per run
                 self.summary.by_target[part.target] += 1
-                self._part_done(message, ok=True)
+                self._part_done(message, part)
                 return
             self.promo_codes.add(part.pack_key)
             batch = self.pending.setdefault("promotions", _Batch(endpoint))
@@ -407,12 +422,18 @@ class Pusher:
         self.summary.requests += 1
         for tag, delivery, exc in self.sender.settle():
             self._settle(tag, delivery, exc)
+        if self.journal is not None:
+            self.journal.flush()
 
     def _flush_all(self) -> None:
         for key in list(self.pending):
             self._send(self.pending.pop(key))
 
     def _finish(self) -> None:
+        if self.storage_failed:
+            if self.sender is not None:  # let in-flight sends end; record nothing more
+                self.sender.close()
+            return
         # whatever is still queued was never sent: keep it as dead letters
         for key in list(self.pending):
             for message, part in self.pending.pop(key).items:
@@ -425,6 +446,8 @@ class Pusher:
                 self.sender.close()
                 if self.sender.client is not None:
                     self.sender.client.close()
+        if self.journal is not None:
+            self.journal.flush()
 
     def _settle(self, batch: _Batch, delivery: Delivery | None, exc: BaseException | None) -> None:
         if exc is not None:
@@ -467,7 +490,7 @@ class Pusher:
                 self.summary.warnings[f"{batch.endpoint.value}: {delivery.warning}"] += 1
             for message, part in batch.items:
                 self.summary.by_target[part.target] += 1
-                self._part_done(message, ok=True)
+                self._part_done(message, part)
             return
         if delivery.outcome in {"transient", "rate_limited"}:
             self._stop(
@@ -534,28 +557,43 @@ class Pusher:
             )
         )
         message.failed = True
-        self._part_done(message, ok=False)
+        self._part_done(message, part)
 
-    def _part_done(self, message: _Message, *, ok: bool) -> None:
+    def _part_done(self, message: _Message, part: Part) -> None:
+        """A part is settled (accepted, or kept as a letter): the journal may say so."""
+        envelope = message.record.envelope
+        assert envelope is not None
+        self._journal(envelope.message_id, part.slot)
         message.remaining -= 1
         if message.remaining == 0:
             if message.failed:
                 self.summary.dead_lettered += 1
             else:
                 self.summary.sent += 1
-            self._done(message.record, ok=True)
 
-    def _done(self, record: Record, *, ok: bool) -> None:
-        if self.on_done is not None:
-            self.on_done(record, ok)
+    def _journal(self, message_id: str, slot: str) -> None:
+        if self.journal is not None:
+            self.journal.record(message_id, slot)
+
+    def _seen_whole(self, message_id: str) -> bool:
+        """True when an earlier run of this input already kept this record as a letter."""
+        if self.journal is not None and self.journal.handled(message_id, "*"):
+            self.summary.skipped += 1
+            return True
+        return False
 
     def _invalid(self, record: Record, reason: str) -> None:
+        if self.dry_run:
+            self.summary.invalid += 1
+            if len(self.summary.plans) < MAX_PLANS_SHOWN:
+                self.summary.plans.append({"line": record.line, "invalid": reason})
+            return
+        record_id = record.envelope.message_id if record.envelope else _record_id(record)
+        if self._seen_whole(record_id):
+            return
         self.summary.invalid += 1
-        if not self.dry_run:
-            self._letter(record, Kind.INPUT, ErrorClass.INVALID, reason)
-            self._done(record, ok=True)
-        elif len(self.summary.plans) < MAX_PLANS_SHOWN:
-            self.summary.plans.append({"line": record.line, "invalid": reason})
+        self._letter(record, Kind.INPUT, ErrorClass.INVALID, reason)
+        self._journal(record_id, "*")
 
     def _letter(self, record: Record, kind: Kind, cls: ErrorClass, reason: str) -> None:
         envelope = record.envelope

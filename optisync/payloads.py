@@ -46,6 +46,8 @@ class Part:
     target: str
     # what packs with what: parts with equal keys may share a request
     pack_key: str = ""
+    # this part's place in its message's plan (target#n): its name in the input journal
+    slot: str = ""
 
 
 @dataclass

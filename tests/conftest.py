@@ -16,14 +16,16 @@ EXAMPLES = ROOT / "examples"
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never see the developer's own optisync settings or secrets."""
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests never see the developer's own optisync settings or secrets, and keep their
+    state (journals, opt-in register) apart from each other and from the checkout."""
     import os
 
     for name in list(os.environ):
         if name.startswith(("OPTISYNC_", "OPTIMOVE_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("OPTISYNC_OPTIMOVE__STATE_DIR", str(tmp_path / "state"))
 
 
 class Result:

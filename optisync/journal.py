@@ -1,0 +1,70 @@
+"""The journal of a bulk input: which parts of which messages are already handled.
+
+A crashed or killed ``push-event --input FILE`` leaves its journal behind; a rerun of the
+same file skips every part recorded there, so nothing Optimove acknowledged is sent again.
+A part is recorded only once it is settled — accepted by Optimove, or safely written as a
+dead letter — so nothing is skipped that was not handled. Entries are short hashes, not
+member data.
+"""
+
+import hashlib
+import os
+from pathlib import Path
+from typing import IO
+
+from optisync.errors import StorageError
+
+
+def journal_path(state_dir: Path, input_file: Path) -> Path:
+    """One journal per input file (by absolute path)."""
+    digest = hashlib.sha256(str(input_file.resolve()).encode()).hexdigest()[:16]
+    return state_dir / "journals" / f"{digest}.journal"
+
+
+def _key(message_id: str, slot: str) -> str:
+    return hashlib.sha1(f"{message_id}\x1f{slot}".encode(), usedforsecurity=False).hexdigest()[:24]
+
+
+class Journal:
+    def __init__(self, path: Path, *, fresh: bool = False) -> None:
+        self.path = path
+        self._done: set[str] = set()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if fresh:
+                path.unlink(missing_ok=True)
+            elif path.exists():
+                with path.open(encoding="ascii", errors="replace") as f:
+                    # a line cut short by a kill is ignored: that part is simply redone
+                    self._done = {line[:24] for line in f if len(line) == 25}
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._file: IO[str] = os.fdopen(fd, "a", encoding="ascii")
+        except OSError as exc:
+            raise StorageError(
+                f"cannot use the input journal {path}: {exc.strerror or exc}",
+                hint="check optimove.state_dir is writable and has space",
+            ) from None
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def handled(self, message_id: str, slot: str) -> bool:
+        return bool(self._done) and _key(message_id, slot) in self._done
+
+    def record(self, message_id: str, slot: str) -> None:
+        self._file.write(_key(message_id, slot) + "\n")
+
+    def flush(self) -> None:
+        """Hand the entries to the OS: they survive a killed process from here on."""
+        try:
+            self._file.flush()
+        except OSError as exc:
+            raise StorageError(f"cannot write the input journal {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError:
+            pass
+        self._file.close()
