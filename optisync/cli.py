@@ -4,8 +4,6 @@ Every ``OptisyncError`` becomes its documented exit code in ``OptisyncGroup.invo
 one place where exceptions meet exit codes, so CliRunner tests see what users get.
 """
 
-import logging
-import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -106,6 +104,15 @@ def root(
     ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
     no_color: Annotated[bool, typer.Option("--no-color", help="No colour in output.")] = False,
+    log_file: Annotated[
+        Path | None, typer.Option("--log-file", help="Also log to this file (from INFO up).")
+    ] = None,
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="Log lines as 'text' or 'json'.")
+    ] = "text",
+    log_pii: Annotated[
+        bool, typer.Option("--log-pii", help="Show member ids and emails in logs unmasked.")
+    ] = False,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
@@ -113,8 +120,11 @@ def root(
 ) -> None:
     """Sync ES Loyalty member events and daily batch data into Optimove."""
     ctx.obj = Output(config=config, json=json_out, verbose=verbose, quiet=quiet, no_color=no_color)
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, stream=sys.stderr, format="optisync: %(message)s")
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("use 'text' or 'json'", param_hint="--log-format")
+    from optisync import logs
+
+    logs.setup(verbose, log_file=log_file, log_format=log_format, log_pii=log_pii)  # type: ignore[arg-type]
 
 
 @app.command("validate-config")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import signal
 import threading
 import uuid
@@ -23,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from optisync import logs
 from optisync.config import Config
 from optisync.deadletter import (
     DeadLetter,
@@ -49,6 +51,7 @@ from optisync.payloads import (
 )
 from optisync.routing import route
 
+log = logging.getLogger("optisync.delivery")
 TARGETS = ("events", "attributes", "opt_in", "email", "promotions")
 _ERROR_CLASS = {
     "fatal": ErrorClass.FATAL,
@@ -112,6 +115,11 @@ class Summary:
         if self.dead_lettered:
             return ExitCode.PARTIAL
         return ExitCode.OK
+
+    def counts(self) -> str:
+        return " ".join(
+            f"{k}={v}" for k, v in self.as_dict().items() if isinstance(v, int) and k != "dry_run"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -285,6 +293,7 @@ class Pusher:
                 raise
             finally:
                 self._finish()
+                log.info("push-event run %s: %s", self.run_id, self.summary.counts())
         return self.summary
 
     def _take(self, record: Record) -> None:
@@ -527,7 +536,8 @@ class Pusher:
                 error_class=ErrorClass.AUTH, message=f"not sent: {self.summary.stop_reason}"
             )
         return LetterError(
-            error_class=ErrorClass.TRANSIENT, message=f"not sent: {self.summary.stop_reason or why}"
+            error_class=ErrorClass.TRANSIENT,
+            message=f"not sent: {self.summary.stop_reason or why or 'the run ended early'}",
         )
 
     def _fail(
@@ -541,6 +551,13 @@ class Pusher:
     ) -> None:
         envelope = message.record.envelope
         assert envelope is not None
+        log.warning(
+            "dead-lettered %s part of message %s (member %s): %s",
+            part.kind.value,
+            envelope.message_id,
+            logs.member(envelope.member_id),
+            error.message,
+        )
         self._write(
             DeadLetter(
                 message_id=envelope.message_id,
@@ -592,6 +609,7 @@ class Pusher:
         if self._seen_whole(record_id):
             return
         self.summary.invalid += 1
+        log.warning("%s line %s: invalid: %s", record.source or "input", record.line, reason)
         self._letter(record, Kind.INPUT, ErrorClass.INVALID, reason)
         self._journal(record_id, "*")
 

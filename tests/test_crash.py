@@ -12,7 +12,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,30 +62,50 @@ def messages(n: int) -> list[dict[str, Any]]:
     out = []
     for i in range(n):
         if i % 2:
-            out.append({"id": f"t{i}", "type": "MEMBER_TIER", "member_id": f"M{i}",
-                        "occurred_at": "2026-11-25T10:00:00Z", "data": {"tier": "Gold"}})
+            out.append(
+                {
+                    "id": f"t{i}",
+                    "type": "MEMBER_TIER",
+                    "member_id": f"M{i}",
+                    "occurred_at": "2026-11-25T10:00:00Z",
+                    "data": {"tier": "Gold"},
+                }
+            )
         else:
-            out.append({"id": f"r{i}", "type": "REDEMPTION", "member_id": f"M{i}",
-                        "email": f"m{i}@example.com", "occurred_at": "2026-11-25T10:00:00Z",
-                        "data": {"redemption_id": f"R{i}", "points": i, "reward_name": "x"}})
+            out.append(
+                {
+                    "id": f"r{i}",
+                    "type": "REDEMPTION",
+                    "member_id": f"M{i}",
+                    "email": f"m{i}@example.com",
+                    "occurred_at": "2026-11-25T10:00:00Z",
+                    "data": {"redemption_id": f"R{i}", "points": i, "reward_name": "x"},
+                }
+            )
     return out
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[tuple[Sandbox, dict[str, str], Path]]:
-    config = SandboxConfig(api_key=KEY, tenant_id=1234, events_token=TOKEN,
-                           enforce_limits=False, keep_received=None)
+    config = SandboxConfig(
+        api_key=KEY, tenant_id=1234, events_token=TOKEN, enforce_limits=False, keep_received=None
+    )
     with Sandbox(config) as box:
         path = tmp_path / "optisync.yaml"
         path.write_text(CONFIG.format(url=box.url, dl=tmp_path / "dl", state=tmp_path / "st"))
-        environ = {**os.environ, "OPTISYNC_CONFIG": str(path), "OPTIMOVE_API_KEY": KEY,
-                   "OPTIMOVE_EVENTS_TOKEN": TOKEN}
+        environ = {
+            **os.environ,
+            "OPTISYNC_CONFIG": str(path),
+            "OPTIMOVE_API_KEY": KEY,
+            "OPTIMOVE_EVENTS_TOKEN": TOKEN,
+        }
         yield box, environ, tmp_path
 
 
 def run(args: list[str], environ: dict[str, str], kill_after: float | None = None) -> int:
-    proc = subprocess.Popen([*OPTISYNC, *args], env=environ, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*OPTISYNC, *args], env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     if kill_after is not None:
         try:
             proc.wait(timeout=kill_after)
@@ -104,8 +123,11 @@ def check_folder(store: DeadLetterStore) -> None:
 
 
 def accepted(box: Sandbox) -> tuple[list[str], list[str]]:
-    events = [e["context"]["message_id"] for r in box.received("events")
-              for e in (r["body"] if isinstance(r["body"], list) else [r["body"]])]
+    events = [
+        e["context"]["message_id"]
+        for r in box.received("events")
+        for e in (r["body"] if isinstance(r["body"], list) else [r["body"]])
+    ]
     mails = [x["Email"] for r in box.received("transactional") for x in r["body"]["Recipients"]]
     return events, mails
 
@@ -121,8 +143,9 @@ def test_push_killed_at_random_then_rerun(env: tuple[Sandbox, dict[str, str], Pa
     store = DeadLetterStore(tmp / "dl")
     kills = 0
     for _ in range(TRIALS):
-        code = run(["push-event", "--input", str(source)], environ,
-                   kill_after=rng.uniform(0.2, 1.2))
+        code = run(
+            ["push-event", "--input", str(source)], environ, kill_after=rng.uniform(0.2, 1.2)
+        )
         kills += code == -signal.SIGKILL
         check_folder(store)
     # the lock is recovered and the rerun finishes
@@ -133,9 +156,11 @@ def test_push_killed_at_random_then_rerun(env: tuple[Sandbox, dict[str, str], Pa
     assert len(mails) == len(set(mails)), "a member was mailed twice"
     redemptions = {m["email"] for m in msgs if m["type"] == "REDEMPTION"}
     assert set(mails) == redemptions
-    print(f"\ncrash suite (push): trials={TRIALS} killed={kills} messages={len(msgs)}"
-          f" events_accepted={len(events)} duplicate_events={len(events) - len(set(events))}"
-          f" mails={len(mails)} duplicated_mails=0 lost=0")
+    print(
+        f"\ncrash suite (push): trials={TRIALS} killed={kills} messages={len(msgs)}"
+        f" events_accepted={len(events)} duplicate_events={len(events) - len(set(events))}"
+        f" mails={len(mails)} duplicated_mails=0 lost=0"
+    )
     assert kills >= TRIALS // 2  # most trials really were killed mid-run
 
 

@@ -1,0 +1,214 @@
+"""Signals, disk trouble, secrets and PII: the promises an unattended run relies on."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from optisync import deadletter
+from optisync.deadletter import DeadLetterStore
+from optisync.errors import ExitCode
+from optisync.journal import Journal, journal_path
+from optisync.sandbox import Faults, Sandbox, SandboxConfig
+
+from .conftest import EXAMPLES, ROOT, invoke
+from .test_push import FakeOptimove, fake  # noqa: F401 - fixture
+
+KEY, TOKEN = "SECRET-KEY-3f9a0c", "SECRET-TOKEN-77c1e2"
+MEMBER, EMAIL = "M000124", "marc@example.com"
+
+
+@pytest.fixture
+def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
+    config = SandboxConfig(api_key=KEY, tenant_id=1234, events_token=TOKEN, enforce_limits=False)
+    with Sandbox(config) as sandbox:
+        monkeypatch.setenv("OPTISYNC_CONFIG", str(EXAMPLES / "optisync.yaml"))
+        monkeypatch.setenv("OPTIMOVE_API_KEY", KEY)
+        monkeypatch.setenv("OPTIMOVE_EVENTS_TOKEN", TOKEN)
+        monkeypatch.setenv("OPTIMOVE_API_URL", sandbox.url)
+        monkeypatch.setenv("OPTIMOVE_EVENTS_URL", sandbox.events_url)
+        monkeypatch.setenv("OPTISYNC_DEAD_LETTER__DIR", str(tmp_path / "dl"))
+        monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__MAX_ATTEMPTS", "2")
+        monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__BASE_DELAY", "0.001")
+        yield sandbox
+
+
+def big_input(tmp_path: Path, n: int) -> Path:
+    path = tmp_path / "big.ndjson"
+    with path.open("w") as f:
+        for i in range(n):
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"t{i}",
+                        "type": "MEMBER_TIER",
+                        "member_id": f"M{i}",
+                        "occurred_at": "2026-11-25T10:00:00Z",
+                        "data": {"tier": "Gold"},
+                    }
+                )
+                + "\n"
+            )
+    return path
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_signal_exits_130_and_a_rerun_finishes(
+    box: Sandbox, tmp_path: Path, sig: signal.Signals
+) -> None:
+    box.set_faults(Faults(latency_ms=5))
+    source = big_input(tmp_path, 3000)
+    cmd = [
+        sys.executable,
+        "-m",
+        "optisync",
+        "push-event",
+        "--only",
+        "events",
+        "--input",
+        str(source),
+    ]
+    proc = subprocess.Popen(
+        cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    time.sleep(1.5)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.INTERRUPTED, err.decode()
+    assert b"interrupted; nothing lost" in err
+    assert b"Traceback" not in err
+    # the journal lets a rerun finish exactly the rest
+    rerun = subprocess.run(cmd, env=dict(os.environ), capture_output=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr.decode()
+    ids = [r["body"]["context"] for r in box.received("events")]
+    assert len(ids) >= 3000
+    lettered = DeadLetterStore(tmp_path / "dl").count()
+    assert len(ids) + lettered >= 3000
+
+
+def test_unusable_dead_letter_folder_is_a_clear_error(
+    fake: FakeOptimove, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("OPTISYNC_DEAD_LETTER__DIR", str(blocker / "dl"))
+    result = invoke(
+        "push-event", "--input", str(EXAMPLES / "events.ndjson"), expect=ExitCode.UNAVAILABLE
+    )
+    assert f"{blocker / 'dl'}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_full_disk_stops_without_acknowledging(
+    fake: FakeOptimove, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.status["UpdateCustomerAttributes"] = 400  # forces letters to be written
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        if bytes(data).startswith(b"{") and b'"message_id"' in bytes(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(deadletter.os, "write", full)
+    source = tmp_path / "in.ndjson"
+    source.write_text((EXAMPLES / "events.ndjson").read_text())
+    result = invoke("push-event", "--input", str(source), expect=ExitCode.UNAVAILABLE)
+    assert "the disk is full" in result.stderr
+    store = DeadLetterStore(tmp_path / "dl")
+    assert store.count() == 0
+    assert list(store.tmp_dir.iterdir()) == []
+    # nothing whose letter could not be written is in the journal: a rerun retries them
+    monkeypatch.setattr(deadletter.os, "write", real_write)
+    fake.status.clear()
+    state = Path(os.environ["OPTISYNC_OPTIMOVE__STATE_DIR"])
+    journal = Journal(journal_path(state, source))
+    assert len(journal) < 11
+    journal.close()
+    summary = json.loads(invoke("--json", "push-event", "--input", str(source)).stdout)
+    assert summary["dead_lettered"] == 0
+    assert summary["sent"] + summary["skipped"] == 11
+
+
+def _all_files(folder: Path) -> Iterator[Path]:
+    yield from (p for p in folder.rglob("*") if p.is_file())
+
+
+def test_no_secret_or_card_number_anywhere(
+    box: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "optisync.log"
+    card = "4111 1111 1111 1111"
+    bad = {
+        "type": "PURCHASE",
+        "member_id": MEMBER,
+        "occurred_at": "2026-11-25T10:00:00Z",
+        "data": {"order_id": card, "amount": {"amount": "1", "currency": "CAD"}},
+    }
+    source = tmp_path / "in.ndjson"
+    source.write_text((EXAMPLES / "events.ndjson").read_text() + json.dumps(bad) + "\n")
+    outputs: list[str] = []
+
+    def run(*args: str, expect: int | None = None) -> None:
+        result = invoke("-vv", "--log-file", str(log), *args, expect=expect)
+        outputs.extend([result.stdout, result.stderr])
+
+    run("validate-config", str(EXAMPLES / "optisync.yaml"), expect=0)
+    run("schema", "events", expect=0)
+    run("push-event", "--dry-run", "--input", str(source), expect=4)
+    box.set_faults(Faults(error_rate=1.0, seed=1))
+    run("--json", "push-event", "--input", str(source), expect=None)
+    run("replay", "--dry-run", expect=None)
+    box.set_faults(Faults())
+    run("--json", "replay", expect=None)
+    places = [*outputs, log.read_text()]
+    places += [p.read_text() for p in _all_files(tmp_path / "dl")]
+    places += [
+        p.read_text(errors="replace")
+        for p in _all_files(Path(os.environ["OPTISYNC_OPTIMOVE__STATE_DIR"]))
+    ]
+    places += [p.read_text() for p in _all_files(ROOT / "tests" / "cassettes" / "data")]
+    for text in places:
+        assert KEY not in text
+        assert TOKEN not in text
+        assert card not in text and card.replace(" ", "") not in text
+    # logs mask member data unless --log-pii
+    assert MEMBER not in log.read_text() and EMAIL not in log.read_text()
+    assert "M0****4" in log.read_text()
+    # dead letters and state files are owner-only
+    for path in [
+        *_all_files(tmp_path / "dl"),
+        *_all_files(Path(os.environ["OPTISYNC_OPTIMOVE__STATE_DIR"])),
+    ]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+
+
+def test_log_pii_and_json_format(fake: FakeOptimove, tmp_path: Path) -> None:
+    fake.status["UpdateCustomerAttributes"] = 400
+    log = tmp_path / "run.log"
+    invoke(
+        "--log-file",
+        str(log),
+        "--log-format",
+        "json",
+        "--log-pii",
+        "push-event",
+        "--input",
+        str(EXAMPLES / "events.ndjson"),
+        expect=ExitCode.PARTIAL,
+    )
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {line["level"] for line in lines} >= {"warning", "info"}
+    assert any("M000124" in line["message"] for line in lines)
+    assert lines[-1]["message"].startswith("push-event run ")
+    invoke("--log-format", "xml", "validate-config", expect=ExitCode.USAGE)
