@@ -1,15 +1,21 @@
 from __future__ import annotations
 
+import json
 import shutil
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
+from optisync import commands
 from optisync.cli import app
+from optisync.config import Config
 from optisync.errors import ExitCode
+from optisync.optimove.client import OptimoveClient
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -72,3 +78,61 @@ def write_config(tmp_path: Path) -> WriteConfig:
         return path
 
     return write
+
+
+KEY = "test-key-7f3a9c"
+TOKEN = "test-token-51be"
+
+
+class FakeOptimove:
+    """Answers like Optimove and records every request it accepted."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, Any]] = []
+        self.status: dict[str, int] = {}  # path suffix -> forced status
+        self.sent_uids: set[str] = set()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        for suffix, status in self.status.items():
+            if path.endswith(suffix):
+                return httpx.Response(status, json={"Error": f"forced {status}"})
+        body = json.loads(request.content)
+        self.requests.append((path, body))
+        if path.endswith("SendTransactionalMail"):
+            uid = body.get("UniqueMessageID")
+            if uid in self.sent_uids:
+                return httpx.Response(409, json={"IsSuccess": False, "Error": "succeeded before"})
+            self.sent_uids.add(uid)
+            return httpx.Response(200, json={"IsSuccess": True, "SendID": 1, "Error": None})
+        if path.endswith("reportEvent"):
+            return httpx.Response(200, json={"status": "success", "message": "1"})
+        return httpx.Response(202, json={"requestId": "r"})
+
+    def bodies(self, suffix: str) -> list[Any]:
+        return [body for path, body in self.requests if path.endswith(suffix)]
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeOptimove:
+    fake = FakeOptimove()
+
+    def factory(config: Config) -> Callable[[], OptimoveClient]:
+        def make() -> OptimoveClient:
+            settings = config.optimove
+            return OptimoveClient(
+                settings, transport=httpx.MockTransport(fake), sleep=lambda _: None
+            )
+
+        return make
+
+    monkeypatch.setattr(commands, "client_factory_for", factory)
+    monkeypatch.setenv("OPTISYNC_CONFIG", str(EXAMPLES / "optisync.yaml"))
+    monkeypatch.setenv("OPTIMOVE_API_KEY", KEY)
+    monkeypatch.setenv("OPTIMOVE_EVENTS_TOKEN", TOKEN)
+    monkeypatch.setenv("OPTIMOVE_API_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("OPTIMOVE_EVENTS_URL", "http://127.0.0.1:9/reportEvent")
+    monkeypatch.setenv("OPTISYNC_DEAD_LETTER__DIR", str(tmp_path / "dl"))
+    monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__BASE_DELAY", "0")
+    return fake

@@ -93,7 +93,7 @@ def test_random_json_never_raises(value: Any) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(EXAMPLE_EVENTS), st.data())
 def test_mutated_envelopes_never_raise(event: dict[str, Any], data: st.DataObject) -> None:
-    paths = string_paths(event) + [("data",), ("type",), ("occurred_at",)]
+    paths = [*string_paths(event), ("data",), ("type",), ("occurred_at",)]
     path = data.draw(st.sampled_from(paths))
     new = data.draw(
         st.none()

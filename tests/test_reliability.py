@@ -21,8 +21,7 @@ from optisync.errors import ExitCode
 from optisync.journal import Journal, journal_path
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
 
-from .conftest import EXAMPLES, ROOT, invoke
-from .test_push import FakeOptimove, fake  # noqa: F401 - fixture
+from .conftest import EXAMPLES, ROOT, FakeOptimove, invoke
 
 KEY, TOKEN = "SECRET-KEY-3f9a0c", "SECRET-TOKEN-77c1e2"
 MEMBER, EMAIL = "M000124", "marc@example.com"
