@@ -43,6 +43,7 @@ from optisync.inputs import Record, check, decode, read_ndjson
 from optisync.journal import Journal, journal_path
 from optisync.lock import RunLock
 from optisync.optimove.client import OptimoveClient
+from optisync.optimove.quota import SharedQuota, quota_path
 from optisync.optin import OptInRegister
 
 Progress = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
@@ -91,7 +92,31 @@ def make_client_factory(config: Config) -> Callable[[], OptimoveClient]:
             for name in ("api_key", "events_token")
             if (value := settings.secret(name)) is not None  # type: ignore[arg-type]
         }
-        return OptimoveClient(settings.model_copy(update=resolved))
+        limiters: dict[str, SharedQuota | None] = {}
+        key = resolved.get("api_key")
+        if key is not None:
+            # every optisync process using this key shares one budget per API group
+            state = config.path(settings.state_dir)
+            hold = settings.timeouts.connect + settings.timeouts.read
+            groups = {
+                "general": settings.rate_limit,
+                "transactional": settings.transactional_rate_limit,
+                "events": settings.events_rate_limit,
+            }
+            for group, limit in groups.items():
+                if limit is not None:
+                    limiters[group] = SharedQuota(
+                        quota_path(state, key.get_secret_value(), group),
+                        limit.requests,
+                        limit.per_seconds,
+                        hold=hold,
+                    )
+        return OptimoveClient(
+            settings.model_copy(update=resolved),
+            general_limiter=limiters.get("general"),
+            transactional_limiter=limiters.get("transactional"),
+            events_limiter=limiters.get("events"),
+        )
 
     return factory
 
