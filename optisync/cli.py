@@ -4,7 +4,6 @@ Every ``OptisyncError`` becomes its documented exit code in ``OptisyncGroup.invo
 one place where exceptions meet exit codes, so CliRunner tests see what users get.
 """
 
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -33,7 +32,7 @@ class OptisyncGroup(TyperGroup):
                     out.line(problem)
             out.error(exc.message, exc.hint)
             if out.verbose:
-                traceback.print_exc(file=out.stderr)
+                _print_traceback(out)
             ctx.exit(int(exc.exit_code))
         except KeyboardInterrupt:
             _output(ctx).error("interrupted; nothing was lost")
@@ -45,8 +44,14 @@ class OptisyncGroup(TyperGroup):
                 None if out.verbose else "rerun with -v for the traceback, and report it",
             )
             if out.verbose:
-                traceback.print_exc(file=out.stderr)
+                _print_traceback(out)
             ctx.exit(int(ExitCode.INTERNAL))
+
+
+def _print_traceback(out: Output) -> None:
+    import traceback  # only for -v: it costs every start otherwise
+
+    traceback.print_exc(file=out.stderr)
 
 
 def _output(ctx: click.Context) -> Output:

@@ -44,7 +44,6 @@ from optisync.journal import Journal, journal_path
 from optisync.lock import RunLock
 from optisync.optimove.client import OptimoveClient
 from optisync.optimove.quota import SharedQuota, quota_path
-from optisync.optin import OptInRegister
 
 Progress = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
 
@@ -213,6 +212,8 @@ def push_event(
         if any(t.kind == "triggered" and t.delivery == "api" for t in config.templates.values()):
             path = config.path(config.optimove.state_dir) / "opt-in.sqlite3"
             if not dry_run or path.exists():
+                from optisync.optin import OptInRegister  # sqlite3, only when needed
+
                 register = OptInRegister(path)
                 stack.callback(register.close)
         journal = None

@@ -7,7 +7,6 @@ Every problem carries the file, the line and the dotted key, so an operator can 
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping as AbcMapping
@@ -351,7 +350,9 @@ def _report(src: Source, err: Any) -> None:
     kind = err["type"]
     if kind == "extra_forbidden":
         known = _known_keys(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        from difflib import get_close_matches
+
+        close = get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
         hint = (
             f"did you mean '{close[0]}'?"
             if close
@@ -376,7 +377,9 @@ def _report(src: Source, err: Any) -> None:
             .split(", ")
             if c
         ]
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+        from difflib import get_close_matches
+
+        close = get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
         src.add(
             loc,
             f"unknown key '{loc[-1]}'",

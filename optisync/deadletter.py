@@ -24,7 +24,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -111,7 +110,7 @@ class DeadLetter(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid", defer_build=True)
 
     format_version: int = FORMAT_VERSION
-    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = Field(default_factory=lambda: os.urandom(16).hex())
     message_id: str
     kind: Kind
     type: str | None = None

@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import signal
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optisync import logs
 from optisync.config import Config
@@ -39,7 +39,6 @@ from optisync.inputs import Record
 from optisync.journal import Journal
 from optisync.optimove.client import OptimoveAuthError, OptimoveClient, encode_body
 from optisync.optimove.outcome import Delivery, Endpoint
-from optisync.optin import OptInRegister
 from optisync.payloads import (
     MAX_CUSTOMERS_PER_CALL,
     InvalidMessage,
@@ -50,6 +49,9 @@ from optisync.payloads import (
     plan_message,
 )
 from optisync.routing import route
+
+if TYPE_CHECKING:
+    from optisync.optin import OptInRegister
 
 log = logging.getLogger("optisync.delivery")
 TARGETS = ("events", "attributes", "opt_in", "email", "promotions")
@@ -65,7 +67,7 @@ MAX_PROMOTIONS_PER_CALL = 100
 
 
 def new_run_id() -> str:
-    return datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    return datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + os.urandom(4).hex()
 
 
 def config_hash(path: Path) -> str:

@@ -14,7 +14,6 @@ import fcntl
 import json
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,7 +69,7 @@ class SharedQuota:
             os.close(fd)  # closing releases the flock
 
     def acquire(self) -> Permit:
-        slot = uuid.uuid4().hex
+        slot = os.urandom(8).hex()
         while True:
             with self._locked() as slots:
                 now = self._clock()
