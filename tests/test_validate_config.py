@@ -432,3 +432,59 @@ def test_event_mode_needs_the_event_mapped(write_config: WriteConfig) -> None:
         f"{path}:15: templates.welcome.event: a triggered template in event mode is sent on the"
         " reported event, but events.MEMBER_REGISTRATION is not mapped to an Optimove event"
     ]
+
+
+def test_attribute_set_conflicts_and_emd_map(write_config: WriteConfig) -> None:
+    text = BASE.replace(
+        "attributes:\n  emd:\n    opt_in_key: email_opt_in\n",
+        "attributes:\n"
+        "  realtime:\n"
+        "    - {name: Tier, type: INT, source: data.tier, events: [MEMBER_TIER]}\n"  # 3
+        "  batch:\n"
+        "    - {name: Tier, type: DATE}\n"  # line 5
+        "    - {name: Points, type: INT, events: [REDEMPTION]}\n"  # line 6
+        "  emd:\n"
+        "    opt_in_key: email_opt_in\n"
+        "    map: {store: FavouriteStore}\n",  # line 9
+    )
+    path = write_config(text)
+    assert lines_of(path) == [
+        f"{path}:7: attributes.batch[0].type: 'Tier' is DATE here but INT in the other set",
+        f"{path}:8: attributes.batch[1].events: batch attributes are exported nightly;"
+        " 'events' applies to realtime ones",
+        f"{path}:11: attributes.emd.map.store: EMD key 'store' maps to 'FavouriteStore', which no"
+        " attribute set declares\n  hint: declare it under attributes.realtime or"
+        " attributes.batch so it counts toward the limit",
+    ]
+
+
+def test_scheduled_template_takes_attribute_sources(write_config: WriteConfig) -> None:
+    text = (
+        BASE.replace(
+            "attributes:\n", "attributes:\n  batch:\n    - {name: FirstName, type: string}\n"
+        )
+        + (
+            "templates:\n"
+            "  offers:\n"  # line 13
+            "    kind: scheduled\n"
+            "    attribute_mappings:\n"
+            "      FIRSTNAME: attribute.FirstName\n"
+            "      POINTS: attribute.Points\n"  # line 17
+            "      TIER: data.tier\n"  # line 18
+        )
+    )
+    path = write_config(text)
+    assert lines_of(path) == [
+        f"{path}:18: templates.offers.attribute_mappings.POINTS: 'attribute.Points' names no"
+        " declared attribute",
+        f"{path}:19: templates.offers.attribute_mappings.TIER: a scheduled template's mappings"
+        " take attribute.<Name> sources",
+    ]
+
+
+def test_missing_api_key_is_a_warning(write_config: WriteConfig) -> None:
+    path = write_config(BASE.replace("  api_key: ${OPTIMOVE_API_KEY:-}\n", "  concurrency: 2\n"))
+    assert lines_of(path) == [
+        f"{path}:1: optimove: warning: no api_key: sends will fail\n"
+        "  hint: api_key: ${OPTIMOVE_API_KEY}"
+    ]
