@@ -4,6 +4,8 @@ Every ``OptisyncError`` becomes its documented exit code in ``OptisyncGroup.invo
 one place where exceptions meet exit codes, so CliRunner tests see what users get.
 """
 
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -351,13 +353,17 @@ def sandbox_cmd(
 def _render(out: Output, summary: Any) -> None:
     from optisync.commands import raise_for
 
-    if out.json:
-        out.emit_json(summary.as_dict())
-    else:
-        if summary.dry_run:
-            _print_plans(out, summary.plans)
-        if out.interactive or summary.exit_code() != ExitCode.OK:
-            _table(out, summary)
+    try:
+        if out.json:
+            out.emit_json(summary.as_dict())
+        else:
+            if summary.dry_run:
+                _print_plans(out, summary.plans)
+            if out.interactive or summary.exit_code() != ExitCode.OK:
+                _table(out, summary)
+    except BrokenPipeError:
+        # the reader went away (`| head`): the work is done, its exit code still counts
+        sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115 - keeps the exit quiet
     raise_for(summary)
 
 
@@ -366,7 +372,8 @@ def _print_plans(out: Output, plans: list[dict[str, Any]]) -> None:
 
     for plan in plans:
         if "invalid" in plan:
-            out.stdout.write(f"line {plan['line']}: invalid: {plan['invalid']}\n")
+            where = f"line {plan['line']}: " if plan.get("line") else ""
+            out.stdout.write(f"{where}invalid: {plan['invalid']}\n")
             continue
         if "letters" in plan:
             out.stdout.write(f"{plan['endpoint']}: {len(plan['letters'])} letter(s)\n")
