@@ -136,3 +136,30 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeOptimove:
     monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__MAX_ATTEMPTS", "2")
     monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__BASE_DELAY", "0")
     return fake
+
+
+def use_sandbox(
+    monkeypatch: pytest.MonkeyPatch,
+    box: Any,
+    tmp_path: Path,
+    key: str,
+    token: str,
+    **settings: str,
+) -> None:
+    """Point the example config at a live sandbox, with fast retries and private folders.
+
+    ``settings`` are further overrides, e.g. ``OPTIMOVE__RETRY__MAX_ATTEMPTS="2"``.
+    """
+    env = {
+        "OPTISYNC_CONFIG": str(EXAMPLES / "optisync.yaml"),
+        "OPTIMOVE_API_KEY": key,
+        "OPTIMOVE_EVENTS_TOKEN": token,
+        "OPTIMOVE_API_URL": box.url,
+        "OPTIMOVE_EVENTS_URL": box.events_url,
+        "OPTISYNC_DEAD_LETTER__DIR": str(tmp_path / "dl"),
+        "OPTISYNC_OPTIMOVE__RETRY__BASE_DELAY": "0.001",
+        "OPTISYNC_OPTIMOVE__RETRY__MAX_DELAY": "0.01",
+        **{f"OPTISYNC_{name}": value for name, value in settings.items()},
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)

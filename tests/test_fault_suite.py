@@ -22,7 +22,7 @@ from optisync.routing import route
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
 from optisync.sandbox.templates import templates_from_config
 
-from .conftest import EXAMPLES, invoke
+from .conftest import EXAMPLES, invoke, use_sandbox
 
 KEY, TOKEN = "fault-key", "fault-token"
 N = 3300  # 300 of each of the eleven types
@@ -89,21 +89,17 @@ def test_fault_suite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         templates=templates_from_config(EXAMPLES / "optisync.yaml"),
     )
     with Sandbox(config) as box:
-        for name, value in {
-            "OPTISYNC_CONFIG": str(EXAMPLES / "optisync.yaml"),
-            "OPTIMOVE_API_KEY": KEY,
-            "OPTIMOVE_EVENTS_TOKEN": TOKEN,
-            "OPTIMOVE_API_URL": box.url,
-            "OPTIMOVE_EVENTS_URL": box.events_url,
-            "OPTISYNC_DEAD_LETTER__DIR": str(tmp_path / "dl"),
-            "OPTISYNC_OPTIMOVE__TIMEOUTS__READ": "0.4",
-            "OPTISYNC_OPTIMOVE__RATE_LIMIT__REQUESTS": "100000",
-            "OPTISYNC_OPTIMOVE__TRANSACTIONAL_RATE_LIMIT__REQUESTS": "100000",
-            "OPTISYNC_OPTIMOVE__RETRY__MAX_ATTEMPTS": "5",
-            "OPTISYNC_OPTIMOVE__RETRY__BASE_DELAY": "0.001",
-            "OPTISYNC_OPTIMOVE__RETRY__MAX_DELAY": "0.01",
-        }.items():
-            monkeypatch.setenv(name, value)
+        use_sandbox(
+            monkeypatch,
+            box,
+            tmp_path,
+            KEY,
+            TOKEN,
+            OPTIMOVE__TIMEOUTS__READ="0.4",
+            OPTIMOVE__RATE_LIMIT__REQUESTS="100000",
+            OPTIMOVE__TRANSACTIONAL_RATE_LIMIT__REQUESTS="100000",
+            OPTIMOVE__RETRY__MAX_ATTEMPTS="5",
+        )
         config_obj = load_config(None)
         expected: dict[tuple[str, str], str] = {}
         for m in messages:

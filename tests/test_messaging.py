@@ -18,7 +18,7 @@ from optisync.localize import MemberLocale, format_value
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
 from optisync.sandbox.templates import templates_from_config
 
-from .conftest import EXAMPLES, invoke
+from .conftest import EXAMPLES, invoke, use_sandbox
 
 KEY, TOKEN = "messaging-key", "messaging-token"
 EVENTS = [json.loads(line) for line in (EXAMPLES / "events.ndjson").read_text().splitlines()]
@@ -34,15 +34,7 @@ def box(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Sandbox]:
         enforce_limits=False,
     )
     with Sandbox(config) as sandbox:
-        monkeypatch.setenv("OPTISYNC_CONFIG", str(EXAMPLES / "optisync.yaml"))
-        monkeypatch.setenv("OPTIMOVE_API_KEY", KEY)
-        monkeypatch.setenv("OPTIMOVE_EVENTS_TOKEN", TOKEN)
-        monkeypatch.setenv("OPTIMOVE_API_URL", sandbox.url)
-        monkeypatch.setenv("OPTIMOVE_EVENTS_URL", sandbox.events_url)
-        monkeypatch.setenv("OPTISYNC_DEAD_LETTER__DIR", str(tmp_path / "dl"))
-        monkeypatch.setenv("OPTISYNC_OPTIMOVE__STATE_DIR", str(tmp_path / "state"))
-        monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__BASE_DELAY", "0.001")
-        monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__MAX_DELAY", "0.01")
+        use_sandbox(monkeypatch, sandbox, tmp_path, KEY, TOKEN)
         yield sandbox
 
 

@@ -21,7 +21,7 @@ from optisync.errors import ExitCode
 from optisync.journal import Journal, journal_path
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
 
-from .conftest import EXAMPLES, ROOT, FakeOptimove, invoke
+from .conftest import EXAMPLES, ROOT, FakeOptimove, invoke, use_sandbox
 
 KEY, TOKEN = "SECRET-KEY-3f9a0c", "SECRET-TOKEN-77c1e2"
 MEMBER, EMAIL = "M000124", "marc@example.com"
@@ -31,14 +31,7 @@ MEMBER, EMAIL = "M000124", "marc@example.com"
 def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
     config = SandboxConfig(api_key=KEY, tenant_id=1234, events_token=TOKEN, enforce_limits=False)
     with Sandbox(config) as sandbox:
-        monkeypatch.setenv("OPTISYNC_CONFIG", str(EXAMPLES / "optisync.yaml"))
-        monkeypatch.setenv("OPTIMOVE_API_KEY", KEY)
-        monkeypatch.setenv("OPTIMOVE_EVENTS_TOKEN", TOKEN)
-        monkeypatch.setenv("OPTIMOVE_API_URL", sandbox.url)
-        monkeypatch.setenv("OPTIMOVE_EVENTS_URL", sandbox.events_url)
-        monkeypatch.setenv("OPTISYNC_DEAD_LETTER__DIR", str(tmp_path / "dl"))
-        monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__MAX_ATTEMPTS", "2")
-        monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__BASE_DELAY", "0.001")
+        use_sandbox(monkeypatch, sandbox, tmp_path, KEY, TOKEN, OPTIMOVE__RETRY__MAX_ATTEMPTS="2")
         yield sandbox
 
 
