@@ -223,21 +223,38 @@ def bench_transactional(tmp: Path, n: int) -> dict[str, float]:
     source = tmp / "purchases.ndjson"
     with source.open("w") as f:
         for i in range(n):
-            f.write(json.dumps({
-                "id": f"p{i}", "type": "PURCHASE", "member_id": f"M{i:09d}",
-                "email": f"m{i}@example.com", "locale": "fr_CA",
-                "occurred_at": "2026-11-25T10:00:00Z",
-                "data": {"order_id": f"O{i}", "amount": {"amount": "1234.50", "currency": "CAD"}},
-            }) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"p{i}",
+                        "type": "PURCHASE",
+                        "member_id": f"M{i:09d}",
+                        "email": f"m{i}@example.com",
+                        "locale": "fr_CA",
+                        "occurred_at": "2026-11-25T10:00:00Z",
+                        "data": {
+                            "order_id": f"O{i}",
+                            "amount": {"amount": "1234.50", "currency": "CAD"},
+                        },
+                    }
+                )
+                + "\n"
+            )
     cfg = config(tmp, PORT_LIMITED)
     sandbox_call(PORT_LIMITED, "reset", "POST")
-    seconds = timed([OPTISYNC, "-c", str(cfg), "push-event", "--only", "email",
-                     "--input", str(source)])
+    seconds = timed(
+        [OPTISYNC, "-c", str(cfg), "push-event", "--only", "email", "--input", str(source)]
+    )
     stats = sandbox_call(PORT_LIMITED, "stats")
     floor = math.ceil(n / 200) / 10.0
-    return {"emails": n, "calls": stats["accepted_transactional"], "seconds": seconds,
-            "floor_s": floor, "ratio_to_floor": seconds / floor,
-            "rate_limited_429": stats["rate_limited_429"]}
+    return {
+        "emails": n,
+        "calls": stats["accepted_transactional"],
+        "seconds": seconds,
+        "floor_s": floor,
+        "ratio_to_floor": seconds / floor,
+        "rate_limited_429": stats["rate_limited_429"],
+    }
 
 
 def bench_memory(tmp: Path, megabytes: int) -> dict[str, float]:
@@ -273,9 +290,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--memory-mb", type=int, default=1024)
-    parser.add_argument("--only", action="append",
-                        choices=["cold_start", "events", "attributes", "transactional", "memory"],
-                        help="run only these measurements (repeatable)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["cold_start", "events", "attributes", "transactional", "memory"],
+        help="run only these measurements (repeatable)",
+    )
     args = parser.parse_args()
     os.environ.pop("OPTIMOVE_API_KEY", None)
     # An installed package has its bytecode compiled at install time; an editable checkout
@@ -295,9 +315,7 @@ def main() -> None:
                 "memory": lambda: bench_memory(tmp, 20 if quick else args.memory_mb),
             }
             for name, run in plan.items():
-                if (args.only and name not in args.only) or (
-                    name == "memory" and args.skip_memory
-                ):
+                if (args.only and name not in args.only) or (name == "memory" and args.skip_memory):
                     continue
                 results[name] = run()
                 print(json.dumps({name: results[name]}), flush=True)

@@ -200,8 +200,7 @@ def test_mapping_source_must_be_a_field_of_the_event(write_config: WriteConfig) 
 
 def test_triggered_template_without_template_id(write_config: WriteConfig) -> None:
     text = (
-        BASE
-        + "templates:\n  welcome:\n    kind: triggered\n"
+        BASE + "templates:\n  welcome:\n    kind: triggered\n"
         "    event: MEMBER_REGISTRATION\n    delivery: api\n"
     )
     path = write_config(text)
