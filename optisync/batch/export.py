@@ -158,8 +158,8 @@ def _selected(config: Config, names: list[str] | None) -> list[str]:
                 hint=f"configured: {', '.join(configured) or 'none'}",
             )
         return [n for n in DATASETS if n in names]
-    chosen = [n for n, d in configured.items() if d.enabled]
-    chosen = [n for n in DATASETS if n in chosen]
+    enabled: set[str] = {n for n, d in configured.items() if d.enabled}
+    chosen = [n for n in DATASETS if n in enabled]
     if not chosen:
         raise ConfigError(
             "batch.datasets: no dataset is enabled",

@@ -143,7 +143,7 @@ class FileWriter:
         fmt: Literal["csv", "parquet"] = "csv",
         max_file_mb: int = 200,
     ) -> None:
-        self.root = out_dir / run_date
+        self.root = out_dir.resolve() / run_date
         self.run_date = run_date
         self.run_id = run_id
         self.fmt = fmt
