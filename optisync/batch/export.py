@@ -209,8 +209,11 @@ def _find_held(
     guards = [c for c in plan.columns if c.guard]
     if not guards:
         return []
+    # length() is cheap and rules out most values before the regex runs.
     cond = " OR ".join(
-        f"regexp_matches(CAST({quote(c.name)} AS VARCHAR), '{CARD_PATTERN}')" for c in guards
+        f"(length(CAST({quote(c.name)} AS VARCHAR)) >= 13 AND"
+        f" regexp_matches(CAST({quote(c.name)} AS VARCHAR), '{CARD_PATTERN}'))"
+        for c in guards
     )
     keys = ", ".join(plan.key_cols())
     values = ", ".join(f"CAST({quote(n)} AS VARCHAR)" for n in plan.out_names)

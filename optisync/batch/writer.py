@@ -20,6 +20,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,8 @@ class StagedFile:
     dataset: str
     kind: Kind
     tmp: Path
+    rows: int | None = None  # known when the writer counted them while compressing
+    sha256: str | None = None
 
 
 @dataclass
@@ -188,37 +192,92 @@ class FileWriter:
                 hint="check batch.output.dir is writable",
             ) from exc
 
-    def _copy_options(self) -> str:
-        # DuckDB starts a new file once the current one passes FILE_SIZE_BYTES; it overshoots
-        # by up to a buffer, so aim below the limit (checked again after writing).
-        target = max(256 * 1024, int(self.max_bytes * 0.85))
-        common = f"PER_THREAD_OUTPUT, FILE_SIZE_BYTES {target}, OVERWRITE_OR_IGNORE"
-        if self.fmt == "parquet":
-            return f"FORMAT parquet, COMPRESSION zstd, {common}"
-        return (
-            "FORMAT csv, COMPRESSION gzip, HEADER, DELIMITER ',', QUOTE '\"', NULLSTR '',"
-            " DATEFORMAT '%Y-%m-%d', TIMESTAMPFORMAT '%Y-%m-%d %H:%M:%S', " + common
-        )
-
     def stage(
         self, con: duckdb.DuckDBPyConnection, dataset: str, kind: Kind, select_sql: str
     ) -> tuple[int, list[StagedFile]]:
         folder = self.root / dataset
         folder.mkdir(parents=True, exist_ok=True)
-        pattern = f"{TMP_PREFIX}{self.run_id}-{kind}-{{i}}"
-        target = str(folder).replace("'", "''")
-        sql = (
-            f"COPY ({select_sql}) TO '{target}' ({self._copy_options()},"
-            f" FILENAME_PATTERN '{pattern}', RETURN_FILES)"
-        )
+        if self.fmt == "parquet":
+            return self._stage_parquet(con, folder, dataset, kind, select_sql)
+        # DuckDB formats the CSV (fast, streamed); Python's zlib compresses it while
+        # splitting at record boundaries and hashing, so rows and sha256 come for free.
+        raw = folder / f"{TMP_PREFIX}{self.run_id}-{kind}.csv"
         try:
-            count, files = con.execute(sql).fetchone() or (0, [])
+            row = con.execute(
+                f"COPY ({select_sql}) TO '{_sql_str(raw)}' (FORMAT csv, HEADER, DELIMITER ',',"
+                " QUOTE '\"', NULLSTR '', DATEFORMAT '%Y-%m-%d',"
+                " TIMESTAMPFORMAT '%Y-%m-%d %H:%M:%S')"
+            ).fetchone()
+            count = int(row[0]) if row else 0
+            staged = self._compress(raw, folder, dataset, kind)
+        except (duckdb.IOException, OSError) as exc:
+            raise StorageError(
+                f"cannot write {folder}: {exc}", hint="check batch.output.dir"
+            ) from exc
+        finally:
+            with contextlib.suppress(OSError):
+                raw.unlink()
+        written = sum(s.rows or 0 for s in staged)
+        if written != count:  # a record boundary was misjudged: never publish that
+            raise RuntimeError(f"{dataset}: wrote {written} rows but DuckDB exported {count}")
+        return count, staged
+
+    def _compress(self, raw: Path, folder: Path, dataset: str, kind: Kind) -> list[StagedFile]:
+        chunk_size = max(64 * 1024, min(4 << 20, self.max_bytes // 4))
+        staged: list[StagedFile] = []
+        with raw.open("rb") as src:
+            header = src.readline()
+            part: _Part | None = None
+            carry = b""
+            odd = False  # inside a quoted field at the start of ``carry``
+            while True:
+                chunk = src.read(chunk_size)
+                buf = carry + chunk
+                if not chunk:
+                    cut, records, odd_after = len(buf), _records(buf, odd, final=True), False
+                else:
+                    cut, records, odd_after = _boundary(buf, odd)
+                if records or part is None:
+                    body = buf[:cut]
+                    if part is not None and part.size + len(body) + 65536 > self.max_bytes:
+                        staged.append(part.close())
+                        part = None
+                    if part is None:
+                        n = len(staged) + 1
+                        tmp = folder / f"{TMP_PREFIX}{self.run_id}-{kind}-{n}.csv.gz"
+                        part = _Part(dataset, kind, tmp, header)
+                    part.write(body, records)
+                    carry, odd = buf[cut:], odd_after
+                else:
+                    carry = buf
+                if not chunk:
+                    break
+            if part is not None:
+                staged.append(part.close())
+        return staged
+
+    def _stage_parquet(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        folder: Path,
+        dataset: str,
+        kind: Kind,
+        select_sql: str,
+    ) -> tuple[int, list[StagedFile]]:
+        target = max(256 * 1024, int(self.max_bytes * 0.85))
+        pattern = f"{TMP_PREFIX}{self.run_id}-{kind}-{{i}}"
+        try:
+            row = con.execute(
+                f"COPY ({select_sql}) TO '{_sql_str(folder)}' (FORMAT parquet, COMPRESSION zstd,"
+                f" FILE_SIZE_BYTES {target}, OVERWRITE_OR_IGNORE, FILENAME_PATTERN '{pattern}',"
+                " RETURN_FILES)"
+            ).fetchone()
         except duckdb.IOException as exc:
             raise StorageError(
                 f"cannot write {folder}: {exc}", hint="check batch.output.dir"
             ) from exc
-        staged = [StagedFile(dataset, kind, Path(f)) for f in sorted(files)]
-        return int(count), staged
+        count, files = row if row else (0, [])
+        return int(count), [StagedFile(dataset, kind, Path(f)) for f in sorted(files)]
 
     def _count_rows(self, con: duckdb.DuckDBPyConnection, paths: list[Path]) -> dict[Path, int]:
         if not paths:
@@ -253,6 +312,7 @@ class FileWriter:
             for key, items in groups.items()
             if len(items) > 1 or totals is None or key not in totals
             for s in items
+            if s.rows is None
         ]
         counted = self._count_rows(con, need_count) if con is not None else {}
         published: list[PublishedFile] = []
@@ -265,11 +325,13 @@ class FileWriter:
                     )
                     _fsync_file(item.tmp)
                     size = item.tmp.stat().st_size
-                    rows = counted.get(item.tmp)
+                    rows = item.rows if item.rows is not None else counted.get(item.tmp)
                     if rows is None:
                         rows = (totals or {}).get((dataset, kind), 0)
                     published.append(
-                        PublishedFile(dataset, kind, final, rows, size, _sha256(item.tmp))
+                        PublishedFile(
+                            dataset, kind, final, rows, size, item.sha256 or _sha256(item.tmp)
+                        )
                     )
                     item.tmp.replace(final)
                 _fsync_dir(self.root / dataset)
@@ -298,3 +360,65 @@ class FileWriter:
         atomic_write(self.manifest_path, text.encode("utf-8"))
         atomic_write(self.root / SUCCESS, b"")
         return self.manifest_path
+
+
+def _sql_str(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+_QUOTE_OR_NEWLINE = re.compile(rb'["\n]')
+
+
+def _boundary(buf: bytes, odd: bool) -> tuple[int, int, bool]:
+    """(end of the last whole record in ``buf``, records before it, quote state after it)."""
+    if not odd and b'"' not in buf:
+        cut = buf.rfind(b"\n") + 1
+        return cut, buf.count(b"\n", 0, cut), False
+    cut, records, inside = 0, 0, odd
+    for m in _QUOTE_OR_NEWLINE.finditer(buf):
+        if m.group() == b'"':
+            inside = not inside
+        elif not inside:
+            cut, records = m.end(), records + 1
+    # the quote state at ``cut``: recount from the start up to it
+    state = odd
+    if cut:
+        state = (odd + buf.count(b'"', 0, cut)) % 2 == 1
+    return cut, records, state
+
+
+def _records(buf: bytes, odd: bool, *, final: bool) -> int:
+    """Records in the last piece of the file (a missing final newline still ends one)."""
+    _, records, _ = _boundary(buf, odd)
+    tail = buf[_boundary(buf, odd)[0] :]
+    return records + (1 if final and tail.strip() else 0)
+
+
+class _Part:
+    """One gzip file being written: hashed and sized as it goes."""
+
+    def __init__(self, dataset: str, kind: Kind, tmp: Path, header: bytes) -> None:
+        self.dataset, self.kind, self.tmp = dataset, kind, tmp
+        self.fh = tmp.open("wb")
+        self.z = zlib.compressobj(6, zlib.DEFLATED, 31)  # gzip, the usual level
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.rows = 0
+        self._out(self.z.compress(header))
+
+    def _out(self, data: bytes) -> None:
+        if data:
+            self.fh.write(data)
+            self.sha.update(data)
+            self.size += len(data)
+
+    def write(self, body: bytes, records: int) -> None:
+        self._out(self.z.compress(body))
+        self.rows += records
+
+    def close(self) -> StagedFile:
+        self._out(self.z.flush())
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        return StagedFile(self.dataset, self.kind, self.tmp, self.rows, self.sha.hexdigest())
