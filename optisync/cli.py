@@ -281,6 +281,101 @@ def replay_cmd(
     _render(out, summary)
 
 
+@app.command("export-batch")
+def export_batch_cmd(
+    ctx: typer.Context,
+    full: Annotated[
+        bool, typer.Option("--full", help="Export every row and reset the incremental state.")
+    ] = False,
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dataset",
+            help="Only this dataset (repeatable): members, partner_links, offers, emd, orders.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be written; write nothing.")
+    ] = False,
+    wait: Wait = False,
+) -> None:
+    """Export new and changed loyalty data as files for Optimove's daily ingestion.
+
+    Writes gzip CSV per dataset under batch.output.dir/<run date>/, then manifest.json and
+    _SUCCESS; rows holding a card number are held back and the run exits 4.
+
+    Example: optisync --config examples/optisync.yaml export-batch --dataset members
+    """
+    from optisync.batch import export_batch, raise_for_batch
+
+    out = _output(ctx)
+    with _dataset_progress(out) as progress:
+        summary = export_batch(
+            out.config, full=full, datasets=dataset, dry_run=dry_run, wait=wait, progress=progress
+        )
+    if out.json:
+        out.emit_json(summary.as_dict())
+    else:
+        _batch_table(out, summary)
+    raise_for_batch(summary)
+
+
+def _batch_table(out: Output, summary: Any) -> None:
+    data = summary.as_dict()
+    if out.interactive:
+        from rich.table import Table
+
+        title = f"optisync export-batch {summary.run_id}" + (
+            " (dry run)" if summary.dry_run else ""
+        )
+        table = Table(title=title)
+        for name in ("dataset", "mode", "rows", "deletions", "held", "files"):
+            table.add_column(name, justify="right" if name not in ("dataset", "mode") else "left")
+        for name, d in data["datasets"].items():
+            table.add_row(
+                name,
+                d["mode"],
+                str(d["rows"]),
+                str(d["deletions"]),
+                str(d["held"]),
+                str(len(d["files"])),
+            )
+        out.err.print(table)
+        if summary.manifest:
+            out.line(f"manifest: {summary.manifest}")
+    elif summary.exit_code() != ExitCode.OK or summary.dry_run:
+        out.line(
+            " ".join(
+                f"{name}={d['rows']}" + (f"(held {d['held']})" if d["held"] else "")
+                for name, d in data["datasets"].items()
+            )
+        )
+    for warning in data["warnings"]:
+        out.line(f"warning: {warning}")
+
+
+@contextmanager
+def _dataset_progress(out: Output) -> Iterator[Callable[[str, int, int], None] | None]:
+    if not out.interactive:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn("[bold]exporting {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=out.err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("", total=None)
+
+        def update(name: str, done: int, total: int) -> None:
+            bar.update(task, description=name, completed=done, total=total)
+
+        yield update
+
+
 @app.command("sandbox")
 def sandbox_cmd(
     host: Annotated[str, typer.Option(help="Loopback address to listen on.")] = "127.0.0.1",

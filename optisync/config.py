@@ -272,6 +272,24 @@ class Dataset(Strict):
     table: str | None = None
     key: list[str] = Field(default_factory=list)
     emit_deletes: bool = False
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="output column -> source column (besides attributes)"
+    )
+    updated_at: str | None = Field(None, description="source column feeding LastUpdated")
+    currency: str | None = Field(None, description="source column holding the ISO currency")
+    name_column: str = Field("key", description="emd only: the column holding the EMD key")
+    value_column: str = Field("value", description="emd only: the column holding its value")
+
+    @field_validator("columns")
+    @classmethod
+    def _column_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not ATTRIBUTE_NAME.match(name):
+                raise ValueError(
+                    f"output column {name!r} must start with a letter and hold only letters"
+                    " and digits"
+                )
+        return value
 
 
 class BatchSection(Strict):
@@ -281,6 +299,8 @@ class BatchSection(Strict):
     datasets: dict[DatasetName, Dataset] = Field(default_factory=dict)
     deadline_utc: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
     deadline_action: Literal["warn", "fail"] = "warn"
+    threads: int | None = Field(None, ge=1, le=256, description="DuckDB threads (None: cores)")
+    memory_limit: Annotated[str, Field(pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")] = "1GB"
 
 
 class Config(Strict):

@@ -100,3 +100,9 @@ class Interrupted(OptisyncError):  # noqa: N818 - mirrors KeyboardInterrupt
     """SIGINT or SIGTERM arrived; in-flight work was finished or dead-lettered."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+class DeadlineMissed(OptisyncError):  # noqa: N818 - a result signal, not a fault
+    """export-batch would finish after Optimove's daily data readiness time (action: fail)."""
+
+    exit_code = ExitCode.UNAVAILABLE

@@ -1,0 +1,229 @@
+"""export-batch benchmark (issue 5), each figure a ratio against a baseline in the same run.
+
+    .venv/bin/python benchmarks/batch.py [--members 1000000] [--big 5000000] [--skip-pandas]
+
+Generates a DuckDB database of N members x 19 source columns (20 exported with
+LastUpdated), then measures, each export in its own process (wall time, max RSS):
+
+1. full export to gzip CSV vs DuckDB's own ``COPY (SELECT ...) TO 'file.csv.gz'`` of the
+   same rows and columns (target: at most 1.0x);
+2. the next run after 1 % of members changed vs the full export (target: at most 0.3x);
+3. peak memory at N and at the big size (target: under 1 GB, growing less than 20 %);
+4. the naive pandas approach (read everything, compare with the last snapshot, to_csv),
+   full and incremental, as a reported ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+BIN = Path(sys.executable).parent
+OPTISYNC = str(BIN / "optisync")
+
+COLUMNS = {  # output name -> source column
+    "CustomerID": "member_id",
+    "Email": "email",
+    "FirstName": "first_name",
+    "LastName": "last_name",
+    "TierName": "tier",
+    "PointsBalance": "points",
+    "LifetimeSpend": "spend",
+    "EnrolledOn": "enrolled_on",
+    "BirthDate": "birth_date",
+    "City": "city",
+    "PostalCode": "postal_code",
+    "Country": "country",
+    "Language": "language",
+    "Status": "status",
+    "HouseholdId": "household_id",
+    "Visits": "visits",
+    "LastVisitAt": "last_visit_at",
+    "Segment": "segment",
+}
+
+GENERATE = """
+CREATE OR REPLACE TABLE members AS
+SELECT 'M' || lpad(i::VARCHAR, 9, '0') AS member_id,
+       'member' || i || '@example.com' AS email,
+       ['Ann','Bob','Chloé','Dan','Eve','Fay','Gus','Hana'][1 + i % 8] AS first_name,
+       ['Lee','Roy','Gagnon','Chen','Singh','Smith','Tremblay'][1 + (i // 8) % 7] AS last_name,
+       ['Bronze','Silver','Gold','Platinum'][1 + (i * 7) % 4] AS tier,
+       (i * 37) % 50000 AS points,
+       ((i * 131) % 1000000) / 100.0 AS spend,
+       DATE '2015-01-01' + ((i * 13) % 3650)::INT AS enrolled_on,
+       DATE '1950-01-01' + ((i * 17) % 20000)::INT AS birth_date,
+       ['Montréal','Toronto','Vancouver','Calgary','Halifax'][1 + i % 5] AS city,
+       'H' || (i % 10) || 'X ' || (i % 9) || 'Y' || (i % 7) AS postal_code,
+       'CA' AS country,
+       ['en','fr'][1 + i % 2] AS language,
+       ['active','inactive'][1 + (i % 11 = 0)::INT] AS status,
+       'HH' || (i // 3) AS household_id,
+       (i * 3) % 400 AS visits,
+       TIMESTAMP '2026-01-01 00:00:00' + to_seconds((i * 7919) % 28000000) AS last_visit_at,
+       'S' || (i % 23) AS segment,
+       'CAD' AS currency
+FROM range({n}) t(i)
+"""
+
+CONFIG = """\
+attributes:
+  emd: {{opt_in_key: email_opt_in}}
+batch:
+  source: {{kind: duckdb, path: {db}}}
+  output: {{dir: {out}, max_file_mb: 200}}
+  state_dir: {state}
+  memory_limit: {memory}
+  datasets:
+    members:
+      key: [member_id]
+      currency: currency
+      columns:
+{columns}
+"""
+
+
+def _run(args: list[str]) -> tuple[float, int]:
+    """Wall seconds and max RSS (bytes) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(args)} failed: {status}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def _baseline(db: Path, target: Path) -> float:
+    """DuckDB's own COPY of the same rows and columns, one gzip CSV, same process count."""
+    select = ", ".join(f"{src} AS {out}" for out, src in COLUMNS.items())
+    code = (
+        "import duckdb,sys;con=duckdb.connect(sys.argv[1], read_only=True);"
+        f'con.execute("COPY (SELECT {select}, currency AS Currency, now()::TIMESTAMP AS'
+        f" LastUpdated FROM members) TO '{target}' (FORMAT csv, COMPRESSION gzip, HEADER)\")"
+    )
+    wall, _ = _run([sys.executable, "-c", code, str(db)])
+    return wall
+
+
+def _pandas(work: Path, db: Path, snapshot: Path | None) -> float:
+    """The naive approach: read everything, compare with the last snapshot, to_csv."""
+    code = f"""
+import duckdb, pandas as pd, sys
+con = duckdb.connect({str(db)!r}, read_only=True)
+cur = con.execute("SELECT * FROM members").df()
+snap = {str(snapshot) + '.pkl' if snapshot else None!r}
+if snap:
+    old = pd.read_pickle(snap)
+    merged = cur.merge(old, on="member_id", how="left", suffixes=("", "_old"), indicator=True)
+    cols = [c for c in cur.columns if c != "member_id"]
+    changed = merged["_merge"] == "left_only"
+    for c in cols:
+        a, b = merged[c], merged[c + "_old"]
+        changed |= ~((a == b) | (a.isna() & b.isna()))
+    out = cur[changed.values]
+else:
+    out = cur
+out.to_csv({str(work / 'pandas.csv.gz')!r}, index=False, compression="gzip",
+           date_format="%Y-%m-%d %H:%M:%S")
+cur.to_pickle({str(work / 'pandas-snapshot.pkl')!r})
+"""
+    wall, _ = _run([sys.executable, "-c", code])
+    return wall
+
+
+def _setup(work: Path, n: int, memory: str) -> tuple[Path, Path]:
+    db = work / f"members-{n}.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute(GENERATE.format(n=n))
+    con.close()
+    columns = "\n".join(f"        {out}: {src}" for out, src in COLUMNS.items())
+    config = work / f"optisync-{n}.yaml"
+    config.write_text(
+        CONFIG.format(
+            db=db,
+            out=work / f"out-{n}",
+            state=work / f"state-{n}",
+            memory=memory,
+            columns=columns,
+        ),
+        encoding="utf-8",
+    )
+    return db, config
+
+
+def _change(db: Path, share: float) -> None:
+    con = duckdb.connect(str(db))
+    step = round(1 / share)
+    con.execute(
+        f"UPDATE members SET points = points + 1 WHERE CAST(member_id[2:] AS BIGINT) % {step} = 0"
+    )
+    con.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--members", type=int, default=1_000_000)
+    parser.add_argument("--big", type=int, default=5_000_000)
+    parser.add_argument("--memory-limit", default="1GB")
+    parser.add_argument("--skip-pandas", action="store_true")
+    parser.add_argument("--skip-big", action="store_true")
+    args = parser.parse_args()
+    results: dict[str, object] = {"members": args.members, "cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="optisync-bench-") as tmp:
+        work = Path(tmp)
+        db, config = _setup(work, args.members, args.memory_limit)
+        base = _baseline(db, work / "duckdb-copy.csv.gz")
+        full, full_rss = _run([OPTISYNC, "--config", str(config), "export-batch", "--full"])
+        _change(db, 0.01)
+        inc, inc_rss = _run([OPTISYNC, "--config", str(config), "export-batch"])
+        results.update(
+            duckdb_copy_s=round(base, 2),
+            full_s=round(full, 2),
+            full_vs_duckdb_copy=round(full / base, 2),
+            incremental_1pct_s=round(inc, 2),
+            incremental_vs_full=round(inc / full, 2),
+            full_max_rss_mb=round(full_rss / 2**20),
+            incremental_max_rss_mb=round(inc_rss / 2**20),
+        )
+        print(json.dumps(results), flush=True)
+        if not args.skip_pandas:
+            pfull = _pandas(work, db, None)
+            _change(db, 0.01)
+            inc2, _ = _run([OPTISYNC, "--config", str(config), "export-batch"])
+            pinc = _pandas(work, db, work / "pandas-snapshot")
+            results.update(
+                pandas_full_s=round(pfull, 2),
+                pandas_full_vs_optisync=round(pfull / full, 2),
+                pandas_incremental_s=round(pinc, 2),
+                pandas_incremental_vs_optisync=round(pinc / inc2, 2),
+            )
+            print(json.dumps(results), flush=True)
+        if not args.skip_big:
+            db5, config5 = _setup(work, args.big, args.memory_limit)
+            db.unlink()
+            big, big_rss = _run([OPTISYNC, "--config", str(config5), "export-batch", "--full"])
+            _change(db5, 0.01)
+            big_inc, big_inc_rss = _run([OPTISYNC, "--config", str(config5), "export-batch"])
+            results.update(
+                big_members=args.big,
+                big_full_s=round(big, 2),
+                big_full_max_rss_mb=round(big_rss / 2**20),
+                big_incremental_s=round(big_inc, 2),
+                big_incremental_max_rss_mb=round(big_inc_rss / 2**20),
+                full_rss_growth=round(big_rss / full_rss - 1, 3),
+                incremental_rss_growth=round(big_inc_rss / inc_rss - 1, 3),
+            )
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

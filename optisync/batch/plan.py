@@ -1,0 +1,239 @@
+"""From the config to typed SQL per dataset: output columns, keys, fingerprint, LastUpdated.
+
+Members take the batch attributes whose ``source`` is a plain column; another dataset
+takes those written ``<dataset>.<column>`` (e.g. ``offers.offer_name``). EMD is key/value:
+each key mapped in ``attributes.emd.map`` becomes a column typed like its attribute. Every
+dataset may add plain columns (``columns``: output name -> source column), typed from the
+source. Values keep their SQL types here; the writer renders them in Optimove's formats.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import get_args
+
+import duckdb
+
+from optisync.batch.source import Source, quote
+from optisync.config import Attribute, Config, Dataset, DatasetName
+from optisync.errors import ConfigError
+
+__all__ = ["CARD_PATTERN", "DATASETS", "OutColumn", "Plan", "make_plan"]
+
+DATASETS: tuple[str, ...] = get_args(DatasetName)
+# A 13-digit window, separators allowed: every card-like run holds one (cards.py).
+CARD_PATTERN = "[0-9](?:[ -]?[0-9]){12}"
+LAST_UPDATED = "LastUpdated"
+CURRENCY = "Currency"
+
+
+@dataclass(frozen=True)
+class OutColumn:
+    name: str
+    expr: str  # SQL over the base relation "b"
+    guard: bool = False  # may hold a card number: text, or an integer/decimal of 13+ digits
+    decimal: bool = False
+
+
+@dataclass
+class Plan:
+    """One dataset's export, as SQL the engine runs."""
+
+    dataset: str
+    base_sql: str  # the source rows (for emd: pivoted to one row per key)
+    key: list[str]  # source key columns
+    key_out: list[str]  # their names in the output (deletion files)
+    columns: list[OutColumn]  # the exported columns but LastUpdated
+    last_updated: str  # SQL for LastUpdated
+    emit_deletes: bool
+    emd_mapped: dict[str, str] = field(default_factory=dict)
+    emd_relation: str | None = None
+    emd_name_column: str = "key"
+
+    @property
+    def out_names(self) -> list[str]:
+        return [c.name for c in self.columns] + [LAST_UPDATED]
+
+    @property
+    def signature(self) -> str:
+        """What the fingerprint covers; a change means every row's fingerprint changed."""
+        return "|".join(f"{c.name}={c.expr}" for c in self.columns) + "|key=" + ",".join(self.key)
+
+    def typed_sql(self) -> str:
+        """Output columns (typed), key columns as text ``_k0..``, and the fingerprint ``_fp``."""
+        cols = ", ".join(f"{c.expr} AS {quote(c.name)}" for c in self.columns)
+        keys = ", ".join(
+            f"CAST(b.{quote(k)} AS VARCHAR) AS {quote(f'_k{i}')}" for i, k in enumerate(self.key)
+        )
+        fp = ", ".join(quote(c.name) for c in self.columns)
+        return (
+            f"SELECT *, hash({fp}) AS _fp FROM (SELECT {cols},"
+            f" {self.last_updated} AS {quote(LAST_UPDATED)}, {keys} FROM ({self.base_sql}) b)"
+        )
+
+    def key_cols(self, prefix: str = "") -> list[str]:
+        return [f"{prefix}{quote(f'_k{i}')}" for i in range(len(self.key))]
+
+
+def check_attribute_limit(config: Config) -> None:
+    """M8 at run time: the realtime and batch sets together hold at most ``limit`` names."""
+    names = {a.name for a in config.attributes.realtime} | {a.name for a in config.attributes.batch}
+    limit = config.attributes.limit
+    if len(names) > limit:
+        raise ConfigError(
+            f"{len(names)} custom attributes across the realtime and batch sets, but Optimove"
+            f" allows at most {limit}",
+            hint="drop or merge attributes; run: optisync validate-config",
+        )
+
+
+def _attribute_cast(attr: Attribute, source: str) -> OutColumn:
+    kind = attr.type
+    if kind == "DATE":
+        return OutColumn(attr.name, f"CAST({source} AS DATE)")
+    if kind == "INT":
+        return OutColumn(attr.name, f"CAST({source} AS INTEGER)")
+    if kind == "BIGINT":
+        return OutColumn(attr.name, f"CAST({source} AS BIGINT)", guard=True)
+    if kind.startswith("DECIMAL"):
+        return OutColumn(attr.name, f"CAST({source} AS DECIMAL(19,4))", guard=True, decimal=True)
+    return OutColumn(attr.name, f"CAST({source} AS VARCHAR)", guard=True)
+
+
+_WIDE_INT = {"BIGINT", "HUGEINT", "UBIGINT", "UHUGEINT"}
+_DECIMAL = re.compile(r"^DECIMAL\((\d+),\s*(\d+)\)$")
+
+
+def _source_cast(name: str, source: str, sql_type: str) -> OutColumn:
+    t = sql_type.upper()
+    if t.startswith("TIMESTAMP"):  # WITH TIME ZONE: the session is in UTC, so this is UTC
+        return OutColumn(name, f"CAST(CAST({source} AS TIMESTAMPTZ) AS TIMESTAMP)")
+    if t in {"DOUBLE", "FLOAT", "REAL"}:
+        return OutColumn(name, f"CAST({source} AS DECIMAL(38,4))", decimal=True)
+    if (m := _DECIMAL.match(t)) is not None:
+        return OutColumn(name, source, guard=int(m.group(1)) >= 13, decimal=True)
+    if t == "BOOLEAN":
+        return OutColumn(name, f"CAST({source} AS INTEGER)")
+    if t in _WIDE_INT:
+        return OutColumn(name, source, guard=True)
+    if t in {"DATE", "INTEGER", "SMALLINT", "TINYINT", "UINTEGER", "USMALLINT", "UTINYINT"}:
+        return OutColumn(name, source)
+    return OutColumn(name, f"CAST({source} AS VARCHAR)", guard=True)
+
+
+def _describe(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, str]:
+    rows = con.execute(f"DESCRIBE {sql}").fetchall()
+    return {str(r[0]): str(r[1]) for r in rows}
+
+
+def _need(types: dict[str, str], column: str, dataset: str, what: str) -> None:
+    if column not in types:
+        raise ConfigError(
+            f"batch.datasets.{dataset}: {what} {column!r} is not a column of the source",
+            hint=f"columns there: {', '.join(types)}",
+        )
+
+
+def make_plan(
+    con: duckdb.DuckDBPyConnection,
+    config: Config,
+    source: Source,
+    name: str,
+    dataset: Dataset,
+    run_started: datetime,
+) -> Plan:
+    """The plan of one dataset, checked against the source's real columns."""
+    relation = source.relation(dataset.table or name)
+    declared = {a.name: a for a in [*config.attributes.realtime, *config.attributes.batch]}
+    emd_mapped: dict[str, str] = {}
+    if name == "emd":
+        raw = _describe(con, f"SELECT * FROM {relation}")
+        for col, what in (
+            (dataset.name_column, "name_column"),
+            (dataset.value_column, "value_column"),
+        ):
+            _need(raw, col, name, what)
+        for k in dataset.key:
+            _need(raw, k, name, "key column")
+        emd_mapped = dict(config.attributes.emd.map)
+        for key, attr_name in emd_mapped.items():
+            if attr_name not in declared:
+                raise ConfigError(
+                    f"attributes.emd.map.{key}: '{attr_name}' is not a declared attribute",
+                    hint="declare it under attributes.realtime or attributes.batch",
+                )
+        pivots = [
+            f"max({quote(dataset.value_column)}) FILTER (WHERE {quote(dataset.name_column)} ="
+            f" '{key.replace(chr(39), chr(39) * 2)}') AS {quote('emd:' + key)}"
+            for key in emd_mapped
+        ]
+        group = ", ".join(quote(k) for k in dataset.key)
+        extra = (
+            [f"max({quote(dataset.updated_at)}) AS {quote(dataset.updated_at)}"]
+            if (dataset.updated_at and dataset.updated_at not in dataset.key)
+            else []
+        )
+        base_sql = f"SELECT {', '.join([group, *pivots, *extra])} FROM {relation} GROUP BY {group}"
+    else:
+        base_sql = f"SELECT * FROM {relation}"
+    types = _describe(con, base_sql)
+    if not dataset.key:
+        raise ConfigError(
+            f"batch.datasets.{name}.key is empty",
+            hint="name the primary-key column(s), e.g. key: [member_id]",
+        )
+    for k in dataset.key:
+        _need(types, k, name, "key column")
+
+    columns: list[OutColumn] = []
+    for out, col in dataset.columns.items():
+        _need(types, col, name, "column")
+        columns.append(_source_cast(out, f"b.{quote(col)}", types[col]))
+    for attr in config.attributes.batch:
+        src = attr.source or ""
+        target, _, column = src.rpartition(".")
+        if (target or "members") != name:
+            continue
+        _need(types, column, name, f"attribute {attr.name}'s source")
+        columns.append(_attribute_cast(attr, f"b.{quote(column)}"))
+    for key, attr_name in emd_mapped.items():
+        columns.append(_attribute_cast(declared[attr_name], f"b.{quote('emd:' + key)}"))
+    if not columns:  # nothing configured: every source column, as it is named
+        columns = [_source_cast(col, f"b.{quote(col)}", t) for col, t in types.items()]
+    seen: set[str] = set()
+    for c in columns:
+        if c.name in seen or c.name == LAST_UPDATED:
+            raise ConfigError(
+                f"batch.datasets.{name}: output column {c.name!r} is written twice",
+                hint="give each column and attribute its own name",
+            )
+        seen.add(c.name)
+    if dataset.currency:
+        _need(types, dataset.currency, name, "currency column")
+        columns.append(OutColumn(CURRENCY, f"upper(CAST(b.{quote(dataset.currency)} AS VARCHAR))"))
+    elif any(c.decimal for c in columns) and CURRENCY not in seen:
+        code = config.locale.default_currency.replace("'", "")
+        columns.append(OutColumn(CURRENCY, f"'{code}'"))
+
+    stamp = run_started.strftime("%Y-%m-%d %H:%M:%S")
+    last_updated = f"TIMESTAMP '{stamp}'"
+    if dataset.updated_at:
+        _need(types, dataset.updated_at, name, "updated_at column")
+        stamped = f"CAST(CAST(b.{quote(dataset.updated_at)} AS TIMESTAMPTZ) AS TIMESTAMP)"
+        last_updated = f"coalesce({stamped}, {last_updated})"
+
+    by_source = {col: out for out, col in dataset.columns.items()}
+    return Plan(
+        dataset=name,
+        base_sql=base_sql,
+        key=list(dataset.key),
+        key_out=[by_source.get(k, k) for k in dataset.key],
+        columns=columns,
+        last_updated=last_updated,
+        emit_deletes=dataset.emit_deletes,
+        emd_mapped=emd_mapped,
+        emd_relation=relation if name == "emd" else None,
+        emd_name_column=dataset.name_column,
+    )
