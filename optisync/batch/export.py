@@ -46,6 +46,7 @@ from optisync.errors import (
     DeadlineMissed,
     ExitCode,
     InvalidInputError,
+    StorageError,
     UsageError,
 )
 from optisync.lock import RunLock
@@ -484,6 +485,13 @@ def export_batch(
                 raise InvalidInputError(
                     f"dataset {plan.dataset}: a value does not fit its column type: {exc}",
                     hint="fix the source value or the attribute's type; nothing was exported",
+                ) from exc
+            except duckdb.OutOfMemoryException as exc:
+                raise StorageError(
+                    f"dataset {plan.dataset}: the export needs more memory than"
+                    f" batch.memory_limit ({config.batch.memory_limit}) allows",
+                    hint="raise batch.memory_limit, or lower batch.threads; nothing was"
+                    " exported and the state did not advance",
                 ) from exc
             summary.datasets[plan.dataset] = result
         if progress is not None:
