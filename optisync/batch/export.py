@@ -196,6 +196,9 @@ def _connect(config: Config, temp_dir: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
+PARTITION_ROWS = 1_000_000
+
+
 def _join_on(plan: Plan, left: str, right: str, right_prefix: str = "_k") -> str:
     return " AND ".join(
         f"{left}.{quote(f'_k{i}')} = {right}.{quote(f'{right_prefix}{i}')}"
@@ -322,11 +325,28 @@ def _export_dataset(
         )
         delta = quote("delta_" + ds)
         on = _join_on(plan, "t", "s")
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {delta} AS SELECT t.*, {old_keys},"
-            f" t._fp IS NULL AS _gone, false AS _held FROM {typed} t FULL OUTER JOIN {old} s"
-            f" ON {on} WHERE t._fp IS DISTINCT FROM s._fp"
-        )
+        # The comparison is a hash join on the key, whose memory grows with the member
+        # count; past PARTITION_ROWS it runs in key-hash partitions, so memory stays flat
+        # (each partition reads the source again: time grows, memory does not).
+        old_rows = int((con.execute(f"SELECT count(*) FROM {old}").fetchone() or (0,))[0])
+        parts = max(1, -(-old_rows // PARTITION_ROWS))
+        t_keys = ", ".join(f"t.{quote(f'_k{i}')}" for i in range(len(plan.key)))
+        s_keys = ", ".join(f"s.{quote(f'_k{i}')}" for i in range(len(plan.key)))
+        for part in range(parts):
+            t_in = s_in = ""
+            if parts > 1:
+                t_in = f" WHERE hash({t_keys}) % {parts} = {part}"
+                s_in = f" WHERE hash({s_keys}) % {parts} = {part}"
+            select = (
+                f"SELECT t.*, {old_keys}, t._fp IS NULL AS _gone, false AS _held"
+                f" FROM (SELECT * FROM {typed} t{t_in}) t"
+                f" FULL OUTER JOIN (SELECT * FROM {old} s{s_in}) s"
+                f" ON {on} WHERE t._fp IS DISTINCT FROM s._fp"
+            )
+            if part == 0:
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {delta} AS {select}")
+            else:
+                con.execute(f"INSERT INTO {delta} {select}")
         held = _find_held(con, plan, f"(SELECT * FROM {delta} WHERE NOT _gone)")
         if held:
             table = _register_held(con, plan, held)

@@ -112,6 +112,16 @@ def test_changes_export_exactly_the_changed_rows_and_deletions(sample: Path) -> 
     assert run(sample)["rows"] == 0
 
 
+def test_partitioned_comparison_finds_the_same_delta(
+    sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past PARTITION_ROWS the comparison runs in key-hash partitions (flat memory)."""
+    from optisync.batch import export
+
+    monkeypatch.setattr(export, "PARTITION_ROWS", 2)  # several partitions on the sample
+    test_changes_export_exactly_the_changed_rows_and_deletions(sample)
+
+
 def test_full_resets_the_state(sample: Path) -> None:
     run(sample)
     data = run(sample, "--full")
