@@ -163,3 +163,18 @@ def use_sandbox(
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+
+
+SUITE_COUNTS: list[str] = []
+
+
+def report(line: str) -> None:
+    """A suite's counts, printed at the end of every run (CI included), not just with -s."""
+    SUITE_COUNTS.append(line)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if SUITE_COUNTS:
+        terminalreporter.section("fault, crash and quota suites")
+        for line in SUITE_COUNTS:
+            terminalreporter.write_line(line)

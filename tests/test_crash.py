@@ -21,6 +21,8 @@ import pytest
 from optisync.deadletter import DeadLetterStore
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
 
+from .conftest import report
+
 KEY, TOKEN = "crash-key", "crash-token"
 TRIALS = 20
 OPTISYNC = [sys.executable, "-m", "optisync"]
@@ -156,8 +158,8 @@ def test_push_killed_at_random_then_rerun(env: tuple[Sandbox, dict[str, str], Pa
     assert len(mails) == len(set(mails)), "a member was mailed twice"
     redemptions = {m["email"] for m in msgs if m["type"] == "REDEMPTION"}
     assert set(mails) == redemptions
-    print(
-        f"\ncrash suite (push): trials={TRIALS} killed={kills} messages={len(msgs)}"
+    report(
+        f"crash suite (push): trials={TRIALS} killed={kills} messages={len(msgs)}"
         f" events_accepted={len(events)} duplicate_events={len(events) - len(set(events))}"
         f" mails={len(mails)} duplicated_mails=0 lost=0"
     )
@@ -189,7 +191,7 @@ def test_replay_killed_at_random_then_rerun(env: tuple[Sandbox, dict[str, str], 
     events, mails = accepted(box)
     assert {m["id"] for m in msgs} <= set(events)
     assert len(mails) == len(set(mails)), "a member was mailed twice"
-    print(f"\ncrash suite (replay): kills={kills} letters={before} lost=0 duplicated_mails=0")
+    report(f"crash suite (replay): kills={kills} letters={before} lost=0 duplicated_mails=0")
     assert kills >= 5
 
 
@@ -270,8 +272,8 @@ def test_export_killed_at_random_then_rerun(tmp_path: Path) -> None:
                     with gzip.open(manifest.parent / f["path"], "rt", newline="") as fh:
                         exported |= {row[0] for row in list(csv.reader(fh))[1:]}
     assert exported == expected, "a member was never exported"
-    print(
-        f"\ncrash suite (export-batch): trials={TRIALS} killed={kills}"
+    report(
+        f"crash suite (export-batch): trials={TRIALS} killed={kills}"
         f" members={len(expected)} lost=0 partial_files_visible=0"
     )
     assert kills >= TRIALS // 2

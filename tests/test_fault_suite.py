@@ -22,7 +22,7 @@ from optisync.routing import route
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
 from optisync.sandbox.templates import templates_from_config
 
-from .conftest import EXAMPLES, invoke, use_sandbox
+from .conftest import EXAMPLES, invoke, report, use_sandbox
 
 KEY, TOKEN = "fault-key", "fault-token"
 N = 3300  # 300 of each of the eleven types
@@ -148,8 +148,8 @@ def test_fault_suite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         keys, mails = accepted(box)
         assert set(expected) <= set(keys)
         assert len(mails) == len(set(mails))
-        print(
-            f"\nfault suite: messages={summary['read']} parts={len(expected)}"
+        report(
+            f"fault suite: messages={summary['read']} parts={len(expected)}"
             f" faults_injected={faults_injected} (503={stats['faults_503']}"
             f" 429={stats['faults_429']} dropped={stats['dropped']}"
             f" lost_answers={stats['lost_responses']} late_answers={stats['slow_responses']})"

@@ -14,6 +14,8 @@ import pytest
 from optisync.optimove.quota import SharedQuota
 from optisync.sandbox import Sandbox, SandboxConfig
 
+from .conftest import report
+
 KEY = "quota-key"
 
 CONFIG = """\
@@ -136,8 +138,8 @@ def test_three_processes_at_once_provoke_no_429(tmp_path: Path) -> None:
         control.mkdir()
         run_three(control, box, shared=False)
         assert box.stats["rate_limited_429"] > 0, box.stats
-        print(
-            f"\nshared quota: 3 processes x 30 events, 429s shared=0"
+        report(
+            f"shared quota: 3 processes x 30 events, 429s shared=0"
             f" separate={box.stats['rate_limited_429']}"
         )
 
