@@ -28,7 +28,6 @@ import duckdb
 
 from optisync import __version__
 from optisync.batch.plan import (
-    CARD_PATTERN,
     DATASETS,
     LAST_UPDATED,
     Plan,
@@ -211,9 +210,7 @@ def _find_held(
         return []
     # length() is cheap and rules out most values before the regex runs.
     cond = " OR ".join(
-        f"(length(CAST({quote(c.name)} AS VARCHAR)) >= 13 AND"
-        f" regexp_matches(CAST({quote(c.name)} AS VARCHAR), '{CARD_PATTERN}'))"
-        for c in guards
+        plan.dialect.card_candidate(f"CAST({quote(c.name)} AS VARCHAR)") for c in guards
     )
     keys = ", ".join(plan.key_cols())
     values = ", ".join(f"CAST({quote(n)} AS VARCHAR)" for n in plan.out_names)
@@ -356,9 +353,8 @@ def _export_dataset(
     result.held = len(held)
 
     source_max = None
-    if "coalesce(" in plan.last_updated:
-        stamp = plan.last_updated.removeprefix("coalesce(").rsplit(", TIMESTAMP", 1)[0]
-        row = con.execute(f"SELECT max({stamp}) FROM ({plan.base_sql}) b").fetchone()
+    if plan.updated_at is not None:
+        row = con.execute(f"SELECT max({plan.updated_at}) FROM ({plan.base_sql}) b").fetchone()
         source_max = row[0] if row else None
     result.watermark = (
         source_max.strftime("%Y-%m-%d %H:%M:%S") if isinstance(source_max, datetime) else run_stamp
