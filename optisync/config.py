@@ -261,10 +261,64 @@ class BatchSource(Strict):
     path: Path | None = None
 
 
+# A Snowflake name as written in SQL: plain (case-insensitive) or double-quoted parts.
+SNOWFLAKE_NAME = re.compile(
+    r'^(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")(?:\.(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")){0,2}$'
+)
+
+
+def _snowflake_name(value: str | None) -> str | None:
+    if value is not None and not SNOWFLAKE_NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a Snowflake name: letters, digits, _ and $, or a double-quoted"
+            " name, dotted as DATABASE.SCHEMA.TABLE"
+        )
+    return value
+
+
+class SnowflakeSettings(Strict):
+    """The Snowflake connection of export-batch (source, target or both)."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True, populate_by_name=True)
+
+    account: str = Field(min_length=1, description="account identifier, e.g. myorg-myaccount")
+    user: str = Field(min_length=1)
+    authenticator: str | None = Field(
+        None, description="snowflake (password), SNOWFLAKE_JWT (key pair), externalbrowser, ..."
+    )
+    password: SecretStr | None = Field(None, description="from the environment: ${SNOWFLAKE_...}")
+    private_key_file: Path | None = Field(None, description="PEM key of key-pair authentication")
+    private_key_passphrase: SecretStr | None = None
+    role: str | None = None
+    warehouse: str | None = None
+    database: str = Field(min_length=1)
+    schema_: str | None = Field(None, alias="schema", description="default schema of tables")
+    state_schema: str = Field(
+        "OPTISYNC_STATE", description="where row fingerprints and watermarks are kept"
+    )
+    login_timeout: int = Field(60, ge=1, le=3600)
+
+    @field_validator("role", "warehouse", "database", "schema_", "state_schema")
+    @classmethod
+    def _names(cls, value: str | None) -> str | None:
+        return _snowflake_name(value)
+
+
 class BatchOutput(Strict):
+    kind: Literal["files", "snowflake"] = "files"
     dir: Path = Path("var/export")
     format: Literal["csv", "parquet"] = "csv"
     max_file_mb: int = Field(200, ge=1, le=1024)
+    schema_: str | None = Field(
+        None, alias="schema", description="snowflake: the schema shared with Optimove"
+    )
+
+    model_config = ConfigDict(extra="forbid", defer_build=True, populate_by_name=True)
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema_name(cls, value: str | None) -> str | None:
+        return _snowflake_name(value)
 
 
 class Dataset(Strict):
@@ -279,6 +333,22 @@ class Dataset(Strict):
     currency: str | None = Field(None, description="source column holding the ISO currency")
     name_column: str = Field("key", description="emd only: the column holding the EMD key")
     value_column: str = Field("value", description="emd only: the column holding its value")
+    incremental: Literal["fingerprint", "watermark"] = Field(
+        "fingerprint",
+        description="watermark: rows whose updated_at is past the last run's (snowflake only)",
+    )
+
+    @model_validator(mode="after")
+    def _watermark_needs(self) -> "Dataset":
+        if self.incremental == "watermark":
+            if not self.updated_at:
+                raise ValueError("incremental: watermark needs updated_at (the watermark column)")
+            if self.emit_deletes:
+                raise ValueError(
+                    "incremental: watermark cannot see deleted rows; set emit_deletes: false"
+                    " or use incremental: fingerprint"
+                )
+        return self
 
     @field_validator("columns")
     @classmethod
@@ -295,12 +365,22 @@ class Dataset(Strict):
 class BatchSection(Strict):
     source: BatchSource = Field(default_factory=BatchSource)
     output: BatchOutput = Field(default_factory=BatchOutput)
+    snowflake: SnowflakeSettings | None = None
     state_dir: Path = Path("var/batch-state")
     datasets: dict[DatasetName, Dataset] = Field(default_factory=dict)
     deadline_utc: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
     deadline_action: Literal["warn", "fail"] = "warn"
     threads: int | None = Field(None, ge=1, le=256, description="DuckDB threads (None: cores)")
     memory_limit: Annotated[str, Field(pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")] = "1GB"
+
+    @model_validator(mode="after")
+    def _snowflake_needs(self) -> "BatchSection":
+        uses = self.source.kind == "snowflake" or self.output.kind == "snowflake"
+        if uses and self.snowflake is None:
+            raise ValueError("a snowflake source or output needs the batch.snowflake connection")
+        if self.output.kind == "snowflake" and not self.output.schema_:
+            raise ValueError("output kind snowflake needs output.schema (shared with Optimove)")
+        return self
 
 
 class Config(Strict):

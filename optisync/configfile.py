@@ -22,7 +22,14 @@ from optisync.errors import ConfigError
 
 Severity = Literal["error", "warning"]
 Loc = tuple[str | int, ...]
-SECRET_PATHS: frozenset[Loc] = frozenset({("optimove", "api_key"), ("optimove", "events_token")})
+SECRET_PATHS: frozenset[Loc] = frozenset(
+    {
+        ("optimove", "api_key"),
+        ("optimove", "events_token"),
+        ("batch", "snowflake", "password"),
+        ("batch", "snowflake", "private_key_passphrase"),
+    }
+)
 ENV_PREFIX = "OPTISYNC_"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -212,7 +219,8 @@ def _interpolate(src: Source, value: Any, loc: Loc, environ: AbcMapping[str, str
             loc,
             "a literal secret is written in the file",
             severity="warning",
-            hint=f"write {loc[-1]}: ${{OPTIMOVE_{str(loc[-1]).upper()}}} and export that variable",
+            hint=f"write {loc[-1]}: ${{{str(loc[-2]).upper()}_{str(loc[-1]).upper()}}}"
+            " and export that variable",
         )
     if not isinstance(value, str) or "${" not in value:
         return value
@@ -232,7 +240,8 @@ def _interpolate(src: Source, value: Any, loc: Loc, environ: AbcMapping[str, str
         if loc in SECRET_PATHS:
             src.add(
                 loc,
-                f"environment variable {missing[0]} is not set; sends will fail until it is",
+                f"environment variable {missing[0]} is not set;"
+                f" {'exports' if loc[0] == 'batch' else 'sends'} will fail until it is",
                 severity="warning",
             )
             return None

@@ -22,13 +22,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
 from optisync import __version__
 from optisync.batch.plan import (
-    CARD_PATTERN,
     DATASETS,
     LAST_UPDATED,
     Plan,
@@ -51,6 +50,9 @@ from optisync.errors import (
 )
 from optisync.lock import RunLock
 
+if TYPE_CHECKING:
+    from optisync.batch.snowflake import SnowflakeTarget
+
 __all__ = ["BatchSummary", "DatasetResult", "export_batch", "raise_for_batch"]
 
 Progress = Callable[[str, int, int], None]  # (dataset, datasets done, datasets in all)
@@ -68,6 +70,7 @@ class DatasetResult:
     files: list[PublishedFile] = field(default_factory=list)
     quarantine: str | None = None
     watermark: str | None = None
+    tables: list[str] = field(default_factory=list)  # Snowflake target: tables written
 
     def as_dict(self, root: Path | None) -> dict[str, Any]:
         return {
@@ -79,6 +82,7 @@ class DatasetResult:
             "files": [f.as_dict(root) for f in self.files] if root else [],
             "quarantine": self.quarantine,
             "watermark": self.watermark,
+            "tables": self.tables,
         }
 
 
@@ -92,6 +96,7 @@ class BatchSummary:
     command: str = "export-batch"
     output: Path | None = None
     manifest: Path | None = None
+    target: str | None = None  # Snowflake target: account and schema
     datasets: dict[str, DatasetResult] = field(default_factory=dict)
     emd_unmapped: Counter[str] = field(default_factory=Counter)
     warnings: list[str] = field(default_factory=list)
@@ -121,6 +126,7 @@ class BatchSummary:
             "seconds": round(self.seconds, 3),
             "output": str(self.output) if self.output else None,
             "manifest": str(self.manifest) if self.manifest else None,
+            "target": self.target,
             "datasets": {n: d.as_dict(self.output) for n, d in self.datasets.items()},
             "emd_unmapped": dict(self.emd_unmapped),
             "warnings": self.warnings,
@@ -206,18 +212,17 @@ def _join_on(plan: Plan, left: str, right: str, right_prefix: str = "_k") -> str
     )
 
 
-def _find_held(
-    con: duckdb.DuckDBPyConnection, plan: Plan, from_sql: str
-) -> list[tuple[list[Any], list[Any]]]:
-    """Rows with a card-like value: a regex prefilter in SQL, the exact check on candidates."""
+def _find_held(con: Any, plan: Plan, from_sql: str) -> list[tuple[list[Any], list[Any]]]:
+    """Rows with a card-like value: a regex prefilter in SQL, the exact check on candidates.
+
+    ``con`` is a DuckDB connection or a Snowflake cursor (SQL in ``plan.dialect``).
+    """
     guards = [c for c in plan.columns if c.guard]
     if not guards:
         return []
     # length() is cheap and rules out most values before the regex runs.
     cond = " OR ".join(
-        f"(length(CAST({quote(c.name)} AS VARCHAR)) >= 13 AND"
-        f" regexp_matches(CAST({quote(c.name)} AS VARCHAR), '{CARD_PATTERN}'))"
-        for c in guards
+        plan.dialect.card_candidate(f"CAST({quote(c.name)} AS VARCHAR)") for c in guards
     )
     keys = ", ".join(plan.key_cols())
     values = ", ".join(f"CAST({quote(n)} AS VARCHAR)" for n in plan.out_names)
@@ -280,6 +285,7 @@ def _export_dataset(
     summary: BatchSummary,
     full: bool,
     started: datetime,
+    target: SnowflakeTarget | None = None,
 ) -> DatasetResult:
     ds = plan.dataset
     meta = state.meta(con, ds)
@@ -377,18 +383,44 @@ def _export_dataset(
     result.held = len(held)
 
     source_max = None
-    if "coalesce(" in plan.last_updated:
-        stamp = plan.last_updated.removeprefix("coalesce(").rsplit(", TIMESTAMP", 1)[0]
-        row = con.execute(f"SELECT max({stamp}) FROM ({plan.base_sql}) b").fetchone()
+    if plan.updated_at is not None:
+        row = con.execute(f"SELECT max({plan.updated_at}) FROM ({plan.base_sql}) b").fetchone()
         source_max = row[0] if row else None
     result.watermark = (
         source_max.strftime("%Y-%m-%d %H:%M:%S") if isinstance(source_max, datetime) else run_stamp
     )
 
-    if writer is None:  # dry run: count only
+    if writer is None or target is not None:  # dry run, or to Snowflake: count
         row = con.execute(f"SELECT count(*) FROM ({rows_sql})").fetchone()
         result.rows = int(row[0]) if row else 0
+    if writer is None and target is None:
         return result
+    meta_out = {
+        "signature": plan.signature,
+        "duckdb": duckdb.__version__,
+        "optisync": __version__,
+        "run_id": summary.run_id,
+        "watermark": result.watermark or "",
+    }
+    if target is not None:  # upload the delta; one transaction; then the local state
+        if held:
+            root = config.path(config.batch.output.dir).resolve()
+            result.quarantine = str(_quarantine(root, summary.run_date, summary.run_id, plan, held))
+        rows_table = target.load(con, rows_sql, f"{ds}_rows")
+        deletes_table = target.load(con, deletes_sql, f"{ds}_deletes") if deletes_sql else None
+        tmp = state.stage(con, ds, state_sql, meta_out, summary.run_id)
+        target.apply(
+            plan,
+            result,
+            rows_table,
+            deletes_table,
+            [],
+            source=f"optisync {config.batch.source.kind} {config.batch.source.path}",
+            started=started,
+        )
+        state.commit(tmp, ds)
+        return result
+    assert writer is not None
 
     if held:
         path = _quarantine(
@@ -403,18 +435,132 @@ def _export_dataset(
         count, files = writer.stage(con, ds, "deletes", deletes_sql)
         staged.files += files
         staged.totals[(ds, "deletes")] = count
-    meta_out = {
-        "signature": plan.signature,
-        "duckdb": duckdb.__version__,
-        "optisync": __version__,
-        "run_id": summary.run_id,
-        "watermark": result.watermark or "",
-    }
     staged.state.append((state.stage(con, ds, state_sql, meta_out, summary.run_id), ds))
     return result
 
 
 # --- the run ------------------------------------------------------------------------------
+
+
+def run_entry(summary: BatchSummary, started: datetime) -> dict[str, Any]:
+    """The run's manifest facts (also one OPTISYNC_RUNS row per dataset in Snowflake)."""
+    finished = datetime.now(UTC)
+    modes = {d.mode for d in summary.datasets.values()}
+    return {
+        "run_id": summary.run_id,
+        "started_at": started.strftime("%Y-%m-%d %H:%M:%S"),
+        "finished_at": finished.strftime("%Y-%m-%d %H:%M:%S"),
+        "mode": "full"
+        if modes == {"full"}
+        else "incremental"
+        if modes == {"incremental"}
+        else "mixed",
+        "empty": summary.rows == 0 and all(d.deletions == 0 for d in summary.datasets.values()),
+        "watermark": max((d.watermark or "") for d in summary.datasets.values()),
+        "datasets": {
+            n: {k: v for k, v in d.as_dict(None).items() if k not in ("files", "tables")}
+            for n, d in summary.datasets.items()
+        },
+        "emd_unmapped": dict(summary.emd_unmapped),
+        "optisync": __version__,
+    }
+
+
+def finish_files(
+    writer: FileWriter,
+    staged: list[StagedFile],
+    con: duckdb.DuckDBPyConnection,
+    totals: dict[tuple[str, Any], int],
+    summary: BatchSummary,
+    started: datetime,
+) -> None:
+    """Publish the staged files, then the manifest and ``_SUCCESS``."""
+    published = writer.publish(staged, con, totals)
+    for f in published:
+        summary.datasets[f.dataset].files.append(f)
+    summary.manifest = writer.finish(run_entry(summary, started), published)
+
+
+def _export_local(
+    config: Config,
+    names: list[str],
+    summary: BatchSummary,
+    state: StateStore,
+    stack: ExitStack,
+    *,
+    temp_dir: Path,
+    out_dir: Path,
+    started: datetime,
+    full: bool,
+    dry_run: bool,
+    progress: Progress | None,
+) -> None:
+    """The export from a DuckDB database or a folder of extracts, to files or Snowflake."""
+    con = _connect(config, temp_dir)
+    stack.callback(con.close)
+    source = make_source(config)
+    source.open(con)
+    writer = None
+    target: SnowflakeTarget | None = None
+    if not dry_run and config.batch.output.kind == "snowflake":
+        from optisync.batch.snowflake import SnowflakeTarget, connect
+
+        remote = connect(config)
+        stack.callback(remote.close)
+        target = SnowflakeTarget(remote.cursor(), config, summary.run_id)
+        target.prepare()
+        summary.target = target.description
+    elif not dry_run:
+        writer = FileWriter(
+            out_dir,
+            summary.run_date,
+            summary.run_id,
+            fmt=config.batch.output.format,
+            max_file_mb=config.batch.output.max_file_mb,
+        )
+        writer.prepare()
+        summary.output = writer.root.resolve()
+    staged = _Staged()
+    plans = [
+        make_plan(con, config, source, n, d, started)
+        for n, d in config.batch.datasets.items()
+        if n in names
+    ]
+    for i, plan in enumerate(plans):
+        if progress is not None:
+            progress(plan.dataset, i, len(plans))
+        try:
+            result = _export_dataset(
+                con,
+                plan,
+                config=config,
+                state=state,
+                writer=writer,
+                staged=staged,
+                summary=summary,
+                full=full,
+                started=started,
+                target=target,
+            )
+        except duckdb.ConversionException as exc:
+            raise InvalidInputError(
+                f"dataset {plan.dataset}: a value does not fit its column type: {exc}",
+                hint="fix the source value or the attribute's type; nothing was exported",
+            ) from exc
+        except duckdb.OutOfMemoryException as exc:
+            raise StorageError(
+                f"dataset {plan.dataset}: the export needs more memory than"
+                f" batch.memory_limit ({config.batch.memory_limit}) allows",
+                hint="raise batch.memory_limit, or lower batch.threads; nothing was"
+                " exported and the state did not advance",
+            ) from exc
+        summary.datasets[plan.dataset] = result
+    if progress is not None:
+        progress("", len(plans), len(plans))
+    if writer is not None:
+        finish_files(writer, staged.files, con, staged.totals, summary, started)
+        for tmp, ds in staged.state:  # only now: manifest and _SUCCESS are on disk
+            state.commit(tmp, ds)
 
 
 def export_batch(
@@ -465,89 +611,22 @@ def export_batch(
                 RunLock(state.dir / "export-batch.lock", wait=wait, command="export-batch")
             )
             temp_dir = state.dir / ".tmp-duckdb"
-        con = _connect(config, temp_dir)
-        stack.callback(con.close)
-        source = make_source(config)
-        source.open(con)
-        writer = None
-        if not dry_run:
-            writer = FileWriter(
-                out_dir,
-                run_date,
-                run_id,
-                fmt=config.batch.output.format,
-                max_file_mb=config.batch.output.max_file_mb,
-            )
-            writer.prepare()
-            summary.output = writer.root.resolve()
-        staged = _Staged()
-        plans = [
-            make_plan(con, config, source, n, d, started)
-            for n, d in config.batch.datasets.items()
-            if n in names
-        ]
-        for i, plan in enumerate(plans):
-            if progress is not None:
-                progress(plan.dataset, i, len(plans))
-            try:
-                result = _export_dataset(
-                    con,
-                    plan,
-                    config=config,
-                    state=state,
-                    writer=writer,
-                    staged=staged,
-                    summary=summary,
-                    full=full,
-                    started=started,
-                )
-            except duckdb.ConversionException as exc:
-                raise InvalidInputError(
-                    f"dataset {plan.dataset}: a value does not fit its column type: {exc}",
-                    hint="fix the source value or the attribute's type; nothing was exported",
-                ) from exc
-            except duckdb.OutOfMemoryException as exc:
-                raise StorageError(
-                    f"dataset {plan.dataset}: the export needs more memory than"
-                    f" batch.memory_limit ({config.batch.memory_limit}) allows",
-                    hint="raise batch.memory_limit, or lower batch.threads; nothing was"
-                    " exported and the state did not advance",
-                ) from exc
-            summary.datasets[plan.dataset] = result
-        if progress is not None:
-            progress("", len(plans), len(plans))
+        if config.batch.source.kind == "snowflake":  # the export runs in the warehouse
+            from optisync.batch.snowflake import export_snowflake_source
+
+            export_snowflake_source(
+                config, names, summary, started=started, full=full, dry_run=dry_run,
+                progress=progress,
+            )  # fmt: skip
+        else:
+            _export_local(
+                config, names, summary, state, stack,
+                temp_dir=temp_dir, out_dir=out_dir, started=started, full=full,
+                dry_run=dry_run, progress=progress,
+            )  # fmt: skip
         if summary.emd_unmapped:
             keys = ", ".join(f"{k} ({n})" for k, n in sorted(summary.emd_unmapped.items()))
             summary.warnings.append(f"EMD keys not mapped to attributes (not exported): {keys}")
-
-        if writer is not None:
-            published = writer.publish(staged.files, con, staged.totals)
-            for f in published:
-                summary.datasets[f.dataset].files.append(f)
-            finished = datetime.now(UTC)
-            modes = {d.mode for d in summary.datasets.values()}
-            run_entry = {
-                "run_id": run_id,
-                "started_at": started.strftime("%Y-%m-%d %H:%M:%S"),
-                "finished_at": finished.strftime("%Y-%m-%d %H:%M:%S"),
-                "mode": "full"
-                if modes == {"full"}
-                else "incremental"
-                if modes == {"incremental"}
-                else "mixed",
-                "empty": summary.rows == 0
-                and all(d.deletions == 0 for d in summary.datasets.values()),
-                "watermark": max((d.watermark or "") for d in summary.datasets.values()),
-                "datasets": {
-                    n: {k: v for k, v in d.as_dict(None).items() if k != "files"}
-                    for n, d in summary.datasets.items()
-                },
-                "emd_unmapped": dict(summary.emd_unmapped),
-                "optisync": __version__,
-            }
-            summary.manifest = writer.finish(run_entry, published)
-            for tmp, ds in staged.state:  # only now: manifest and _SUCCESS are on disk
-                state.commit(tmp, ds)
     summary.seconds = time.monotonic() - clock
     if not dry_run:
         atomic_write(

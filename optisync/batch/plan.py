@@ -10,6 +10,7 @@ source. Values keep their SQL types here; the writer renders them in Optimove's 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import get_args
@@ -20,13 +21,67 @@ from optisync.batch.source import Source, quote
 from optisync.config import Attribute, Config, Dataset, DatasetName
 from optisync.errors import ConfigError
 
-__all__ = ["CARD_PATTERN", "DATASETS", "OutColumn", "Plan", "make_plan"]
+__all__ = [
+    "CARD_PATTERN",
+    "DATASETS",
+    "DUCKDB",
+    "SNOWFLAKE",
+    "Dialect",
+    "OutColumn",
+    "Plan",
+    "make_plan",
+]
 
 DATASETS: tuple[str, ...] = get_args(DatasetName)
 # A 13-digit window, separators allowed: every card-like run holds one (cards.py).
 CARD_PATTERN = "[0-9](?:[ -]?[0-9]){12}"
 LAST_UPDATED = "LastUpdated"
 CURRENCY = "Currency"
+
+
+class Dialect:
+    """The few SQL spellings that differ between the engines that run a plan (DuckDB here)."""
+
+    name = "duckdb"
+
+    def utc(self, expr: str) -> str:
+        """A timestamp (with or without zone) as a naive UTC timestamp."""
+        # timezone(): DuckDB 2.0 pushes a plain CAST into read_csv and loses the offset
+        return f"timezone('UTC', CAST({expr} AS TIMESTAMPTZ))"
+
+    def fingerprint(self, columns: list[str]) -> str:
+        return f"hash({', '.join(columns)})"
+
+    def pivot(self, value: str, name: str, key: str) -> str:
+        return f"max({value}) FILTER (WHERE {name} = {key})"
+
+    def card_candidate(self, text: str) -> str:
+        """True where ``text`` (a VARCHAR) may hold a card number; the exact check is Python's."""
+        return f"(length({text}) >= 13 AND regexp_matches({text}, '{CARD_PATTERN}'))"
+
+
+class SnowflakeDialect(Dialect):
+    """Snowflake: HASH for fingerprints, CONVERT_TIMEZONE (the session runs in UTC)."""
+
+    name = "snowflake"
+
+    def utc(self, expr: str) -> str:
+        return f"CAST(CONVERT_TIMEZONE('UTC', CAST({expr} AS TIMESTAMP_TZ)) AS TIMESTAMP_NTZ)"
+
+    def fingerprint(self, columns: list[str]) -> str:
+        return f"HASH({', '.join(columns)})"
+
+    def pivot(self, value: str, name: str, key: str) -> str:
+        return f"MAX(CASE WHEN {name} = {key} THEN {value} END)"
+
+    def card_candidate(self, text: str) -> str:
+        # POSIX ERE (no (?:...)); REGEXP_LIKE matches the whole text, hence .* and 's'
+        pattern = CARD_PATTERN.replace("(?:", "(")
+        return f"(LENGTH({text}) >= 13 AND REGEXP_LIKE({text}, '.*{pattern}.*', 's'))"
+
+
+DUCKDB = Dialect()
+SNOWFLAKE = SnowflakeDialect()
 
 
 @dataclass(frozen=True)
@@ -51,6 +106,8 @@ class Plan:
     emd_mapped: dict[str, str] = field(default_factory=dict)
     emd_relation: str | None = None
     emd_name_column: str = "key"
+    dialect: Dialect = DUCKDB
+    updated_at: str | None = None  # SQL over "b" for the source's own LastUpdated, if any
 
     @property
     def out_names(self) -> list[str]:
@@ -69,7 +126,7 @@ class Plan:
         )
         fp = ", ".join(quote(c.name) for c in self.columns)
         return (
-            f"SELECT *, hash({fp}) AS _fp FROM (SELECT {cols},"
+            f"SELECT *, {self.dialect.fingerprint([fp])} AS _fp FROM (SELECT {cols},"
             f" {self.last_updated} AS {quote(LAST_UPDATED)}, {keys} FROM ({self.base_sql}) b)"
         )
 
@@ -106,10 +163,10 @@ _WIDE_INT = {"BIGINT", "HUGEINT", "UBIGINT", "UHUGEINT"}
 _DECIMAL = re.compile(r"^DECIMAL\((\d+),\s*(\d+)\)$")
 
 
-def _source_cast(name: str, source: str, sql_type: str) -> OutColumn:
+def _source_cast(name: str, source: str, sql_type: str, dialect: Dialect = DUCKDB) -> OutColumn:
     t = sql_type.upper()
-    if t.startswith("TIMESTAMP"):  # WITH TIME ZONE: the session is in UTC, so this is UTC
-        return OutColumn(name, f"CAST(CAST({source} AS TIMESTAMPTZ) AS TIMESTAMP)")
+    if t.startswith("TIMESTAMP"):  # a naive timestamp is taken as UTC (the session's zone)
+        return OutColumn(name, dialect.utc(source))
     if t in {"DOUBLE", "FLOAT", "REAL"}:
         return OutColumn(name, f"CAST({source} AS DECIMAL(38,4))", decimal=True)
     if (m := _DECIMAL.match(t)) is not None:
@@ -136,20 +193,37 @@ def _need(types: dict[str, str], column: str, dataset: str, what: str) -> None:
         )
 
 
+Describe = Callable[[str], dict[str, str]]  # SQL -> {column: DuckDB-style type name}
+
+
 def make_plan(
-    con: duckdb.DuckDBPyConnection,
+    con: duckdb.DuckDBPyConnection | None,
     config: Config,
     source: Source,
     name: str,
     dataset: Dataset,
     run_started: datetime,
+    *,
+    dialect: Dialect = DUCKDB,
+    describe: Describe | None = None,
 ) -> Plan:
-    """The plan of one dataset, checked against the source's real columns."""
+    """The plan of one dataset, checked against the source's real columns.
+
+    ``describe`` gives a query's column types (default: DuckDB's DESCRIBE on ``con``);
+    ``dialect`` spells the SQL for the engine that will run it.
+    """
+    if describe is None:
+        assert con is not None
+        duck = con
+
+        def describe(sql: str) -> dict[str, str]:
+            return _describe(duck, sql)
+
     relation = source.relation(dataset.table or name)
     declared = {a.name: a for a in [*config.attributes.realtime, *config.attributes.batch]}
     emd_mapped: dict[str, str] = {}
     if name == "emd":
-        raw = _describe(con, f"SELECT * FROM {relation}")
+        raw = describe(f"SELECT * FROM {relation}")
         for col, what in (
             (dataset.name_column, "name_column"),
             (dataset.value_column, "value_column"),
@@ -165,8 +239,12 @@ def make_plan(
                     hint="declare it under attributes.realtime or attributes.batch",
                 )
         pivots = [
-            f"max({quote(dataset.value_column)}) FILTER (WHERE {quote(dataset.name_column)} ="
-            f" '{key.replace(chr(39), chr(39) * 2)}') AS {quote('emd:' + key)}"
+            dialect.pivot(
+                quote(dataset.value_column),
+                quote(dataset.name_column),
+                "'" + key.replace("'", "''") + "'",
+            )
+            + f" AS {quote('emd:' + key)}"
             for key in emd_mapped
         ]
         group = ", ".join(quote(k) for k in dataset.key)
@@ -178,7 +256,7 @@ def make_plan(
         base_sql = f"SELECT {', '.join([group, *pivots, *extra])} FROM {relation} GROUP BY {group}"
     else:
         base_sql = f"SELECT * FROM {relation}"
-    types = _describe(con, base_sql)
+    types = describe(base_sql)
     if not dataset.key:
         raise ConfigError(
             f"batch.datasets.{name}.key is empty",
@@ -190,7 +268,7 @@ def make_plan(
     columns: list[OutColumn] = []
     for out, col in dataset.columns.items():
         _need(types, col, name, "column")
-        columns.append(_source_cast(out, f"b.{quote(col)}", types[col]))
+        columns.append(_source_cast(out, f"b.{quote(col)}", types[col], dialect))
     for attr in config.attributes.batch:
         src = attr.source or ""
         target, _, column = src.rpartition(".")
@@ -201,7 +279,7 @@ def make_plan(
     for key, attr_name in emd_mapped.items():
         columns.append(_attribute_cast(declared[attr_name], f"b.{quote('emd:' + key)}"))
     if not columns:  # nothing configured: every source column, as it is named
-        columns = [_source_cast(col, f"b.{quote(col)}", t) for col, t in types.items()]
+        columns = [_source_cast(col, f"b.{quote(col)}", t, dialect) for col, t in types.items()]
     seen: set[str] = set()
     for c in columns:
         if c.name in seen or c.name == LAST_UPDATED:
@@ -219,9 +297,10 @@ def make_plan(
 
     stamp = run_started.strftime("%Y-%m-%d %H:%M:%S")
     last_updated = f"TIMESTAMP '{stamp}'"
+    stamped = None
     if dataset.updated_at:
         _need(types, dataset.updated_at, name, "updated_at column")
-        stamped = f"CAST(CAST(b.{quote(dataset.updated_at)} AS TIMESTAMPTZ) AS TIMESTAMP)"
+        stamped = dialect.utc(f"b.{quote(dataset.updated_at)}")
         last_updated = f"coalesce({stamped}, {last_updated})"
 
     by_source = {col: out for out, col in dataset.columns.items()}
@@ -236,4 +315,6 @@ def make_plan(
         emd_mapped=emd_mapped,
         emd_relation=relation if name == "emd" else None,
         emd_name_column=dataset.name_column,
+        dialect=dialect,
+        updated_at=stamped,
     )
