@@ -98,7 +98,7 @@ def test_fault_suite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             OPTIMOVE__TIMEOUTS__READ="0.4",
             OPTIMOVE__RATE_LIMIT__REQUESTS="100000",
             OPTIMOVE__TRANSACTIONAL_RATE_LIMIT__REQUESTS="100000",
-            OPTIMOVE__RETRY__MAX_ATTEMPTS="5",
+            OPTIMOVE__RETRY__MAX_ATTEMPTS="8",
         )
         config_obj = load_config(None)
         expected: dict[tuple[str, str], str] = {}
