@@ -178,3 +178,23 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("fault, crash and quota suites")
         for line in SUITE_COUNTS:
             terminalreporter.write_line(line)
+
+
+def tier_or_redemption(i: int, redemption: bool) -> dict[str, Any]:
+    """Message i: a tier change (events only) or a redemption (an event and a mail)."""
+    if not redemption:
+        return {
+            "id": f"t-{i}",
+            "type": "MEMBER_TIER",
+            "member_id": f"M{i}",
+            "occurred_at": "2026-11-25T10:00:00Z",
+            "data": {"tier": "Gold"},
+        }
+    return {
+        "id": f"r-{i}",
+        "type": "REDEMPTION",
+        "member_id": f"M{i}",
+        "email": f"m{i}@example.com",
+        "occurred_at": "2026-11-25T10:00:00Z",
+        "data": {"redemption_id": f"R{i}", "points": i, "reward_name": "Gift"},
+    }

@@ -21,7 +21,7 @@ import pytest
 from optisync.deadletter import DeadLetterStore
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
 
-from .conftest import report
+from .conftest import report, tier_or_redemption
 
 KEY, TOKEN = "crash-key", "crash-token"
 TRIALS = 20
@@ -61,30 +61,7 @@ dead_letter: {{dir: {dl}}}
 
 
 def messages(n: int) -> list[dict[str, Any]]:
-    out = []
-    for i in range(n):
-        if i % 2:
-            out.append(
-                {
-                    "id": f"t{i}",
-                    "type": "MEMBER_TIER",
-                    "member_id": f"M{i}",
-                    "occurred_at": "2026-11-25T10:00:00Z",
-                    "data": {"tier": "Gold"},
-                }
-            )
-        else:
-            out.append(
-                {
-                    "id": f"r{i}",
-                    "type": "REDEMPTION",
-                    "member_id": f"M{i}",
-                    "email": f"m{i}@example.com",
-                    "occurred_at": "2026-11-25T10:00:00Z",
-                    "data": {"redemption_id": f"R{i}", "points": i, "reward_name": "x"},
-                }
-            )
-    return out
+    return [tier_or_redemption(i, redemption=i % 2 == 0) for i in range(n)]
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from optisync.deadletter import DeadLetterStore
 from optisync.errors import ExitCode
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
 
-from .conftest import invoke
+from .conftest import invoke, tier_or_redemption
 
 KEY = "sandbox-key-integration"
 TOKEN = "sandbox-token-integration"
@@ -55,30 +55,7 @@ dead_letter: {{dir: {dl}}}
 
 def make_events(n: int, seed: int) -> list[dict[str, Any]]:
     rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        if rng.random() < 0.5:
-            out.append(
-                {
-                    "id": f"t-{i}",
-                    "type": "MEMBER_TIER",
-                    "member_id": f"M{i}",
-                    "occurred_at": "2026-11-25T10:00:00Z",
-                    "data": {"tier": "Gold"},
-                }
-            )
-        else:
-            out.append(
-                {
-                    "id": f"r-{i}",
-                    "type": "REDEMPTION",
-                    "member_id": f"M{i}",
-                    "email": f"m{i}@example.com",
-                    "occurred_at": "2026-11-25T10:00:00Z",
-                    "data": {"redemption_id": f"R{i}", "points": i, "reward_name": "Gift"},
-                }
-            )
-    return out
+    return [tier_or_redemption(i, redemption=rng.random() >= 0.5) for i in range(n)]
 
 
 @pytest.fixture
