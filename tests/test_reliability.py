@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import json
 import os
 import signal
@@ -157,6 +158,10 @@ def test_no_secret_or_card_number_anywhere(
 
     run("validate-config", str(EXAMPLES / "optisync.yaml"), expect=0)
     run("schema", "events", expect=0)
+    monkeypatch.setenv("OPTISYNC_BATCH__OUTPUT__DIR", str(tmp_path / "export"))
+    monkeypatch.setenv("OPTISYNC_BATCH__STATE_DIR", str(tmp_path / "batch-state"))
+    run("--json", "export-batch", "--full", expect=None)
+    assert list((tmp_path / "export").rglob("*.csv.gz")), "the export wrote no files"
     run("push-event", "--dry-run", "--input", str(source), expect=4)
     box.set_faults(Faults(error_rate=1.0, seed=1))
     run("--json", "push-event", "--input", str(source), expect=None)
@@ -170,6 +175,10 @@ def test_no_secret_or_card_number_anywhere(
         for p in _all_files(Path(os.environ["OPTISYNC_OPTIMOVE__STATE_DIR"]))
     ]
     places += [p.read_text() for p in _all_files(ROOT / "tests" / "cassettes" / "data")]
+    places += [
+        gzip.decompress(p.read_bytes()).decode() if p.suffix == ".gz" else p.read_text()
+        for p in _all_files(tmp_path / "export")
+    ]
     for text in places:
         assert KEY not in text
         assert TOKEN not in text
@@ -183,6 +192,26 @@ def test_no_secret_or_card_number_anywhere(
         *_all_files(Path(os.environ["OPTISYNC_OPTIMOVE__STATE_DIR"])),
     ]:
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+
+
+def test_unwritable_output_folder_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("OPTISYNC_BATCH__OUTPUT__DIR", str(blocker / "export"))
+    monkeypatch.setenv("OPTISYNC_BATCH__STATE_DIR", str(tmp_path / "batch-state"))
+    result = invoke(
+        "--config", str(EXAMPLES / "optisync.yaml"), "export-batch", expect=ExitCode.UNAVAILABLE
+    )
+    assert str(blocker / "export") in result.stderr
+    assert "Traceback" not in result.stderr
+    # nothing was acknowledged: the state did not advance, so the next run is a full one
+    monkeypatch.setenv("OPTISYNC_BATCH__OUTPUT__DIR", str(tmp_path / "export"))
+    data = json.loads(
+        invoke("--config", str(EXAMPLES / "optisync.yaml"), "--json", "export-batch").stdout
+    )
+    assert {d["mode"] for d in data["datasets"].values()} == {"full"}
 
 
 def test_log_pii_and_json_format(fake: FakeOptimove, tmp_path: Path) -> None:
