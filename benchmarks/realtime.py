@@ -240,7 +240,7 @@ def bench_transactional(tmp: Path, n: int) -> dict[str, float]:
                 )
                 + "\n"
             )
-    cfg = config(tmp, PORT_LIMITED)
+    cfg = config(tmp, PORT_LIMITED, concurrency=int(os.environ.get("BENCH_CONCURRENCY", "4")))
     sandbox_call(PORT_LIMITED, "reset", "POST")
     seconds = timed(
         [OPTISYNC, "-c", str(cfg), "push-event", "--only", "email", "--input", str(source)]

@@ -82,6 +82,11 @@ class KeepAliveTransport(httpx.BaseTransport):
                 conn.timeout = connect_timeout
                 conn.connect()
                 connecting = False
+                assert conn.sock is not None
+                # http.client writes the headers and the body separately: without
+                # TCP_NODELAY, Nagle's algorithm holds the body until the peer's delayed
+                # ACK (40 ms or more per request).
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             assert conn.sock is not None
             conn.sock.settimeout(read_timeout)
             conn.request(request.method, target, body=body, headers=headers)
