@@ -193,7 +193,7 @@ def test_a_refused_request_is_dead_lettered_and_run_goes_on(
         "--json", "push-event", "--input", str(EXAMPLES / "events.ndjson"), expect=ExitCode.PARTIAL
     )
     summary = json.loads(result.stdout)
-    assert summary["dead_lettered"] == 6  # the six messages that update attributes
+    assert summary["dead_lettered"] == 7  # the seven messages that update attributes
     found = letters(tmp_path)
     assert {x["kind"] for x in found} == {"attributes"}
     assert all(
