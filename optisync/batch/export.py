@@ -511,15 +511,7 @@ def _export_local(
         target.prepare()
         summary.target = target.description
     elif not dry_run:
-        writer = FileWriter(
-            out_dir,
-            summary.run_date,
-            summary.run_id,
-            fmt=config.batch.output.format,
-            max_file_mb=config.batch.output.max_file_mb,
-        )
-        writer.prepare()
-        summary.output = writer.root.resolve()
+        writer = FileWriter.open_for(config, out_dir, summary)
     staged = _Staged()
     plans = [
         make_plan(con, config, source, n, d, started)

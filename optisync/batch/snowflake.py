@@ -586,15 +586,7 @@ def export_snowflake_source(
                 target.prepare()
                 summary.target = target.description
             else:
-                writer = FileWriter(
-                    out_dir,
-                    summary.run_date,
-                    summary.run_id,
-                    fmt=config.batch.output.format,
-                    max_file_mb=config.batch.output.max_file_mb,
-                )
-                writer.prepare()
-                summary.output = writer.root.resolve()
+                writer = FileWriter.open_for(config, out_dir, summary)
                 duck = duckdb.connect()
                 duck.execute("SET TimeZone = 'UTC'")
         plans = [

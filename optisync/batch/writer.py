@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 
 import duckdb
 
+from optisync.config import Config
 from optisync.errors import StorageError
 
 __all__ = ["FileWriter", "PublishedFile", "StagedFile", "Writer", "atomic_write"]
@@ -153,6 +154,20 @@ class FileWriter:
         self.fmt = fmt
         self.max_bytes = max_file_mb * 1024 * 1024
         self.suffix = ".csv.gz" if fmt == "csv" else ".parquet"
+
+    @classmethod
+    def open_for(cls, config: Config, out_dir: Path, summary: Any) -> FileWriter:
+        """The run's writer, prepared, with the summary pointing at its folder."""
+        writer = cls(
+            out_dir,
+            summary.run_date,
+            summary.run_id,
+            fmt=config.batch.output.format,
+            max_file_mb=config.batch.output.max_file_mb,
+        )
+        writer.prepare()
+        summary.output = writer.root.resolve()
+        return writer
 
     # -- manifest -------------------------------------------------------------------------
 
