@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import sys
+
 import pytest
 import typer
 
@@ -136,3 +139,26 @@ def test_readme_mentions_every_command() -> None:
     assert isinstance(group, click.Group)
     for name in group.commands:
         assert f"optisync {name}" in readme, name
+
+
+def test_console_entry_keeps_the_exit_code_and_skips_the_last_collection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The console script (cli.main) freezes the heap on the way out so the interpreter's
+    # final collections are skipped (a quarter of a cold push-event); it must not change
+    # the code the run exits with, whether it succeeded or failed.
+    from optisync.cli import main
+
+    for argv, code in (
+        (["optisync", "--version"], 0),
+        (["optisync", "validate-config", "/nonexistent/optisync.yaml"], ExitCode.CONFIG),
+    ):
+        monkeypatch.setattr(sys, "argv", argv)
+        gc.unfreeze()
+        try:
+            with pytest.raises(SystemExit) as exited:
+                main()
+            assert (exited.value.code or 0) == code
+            assert gc.get_freeze_count() > 0
+        finally:
+            gc.unfreeze()
