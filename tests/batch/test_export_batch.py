@@ -112,14 +112,24 @@ def test_changes_export_exactly_the_changed_rows_and_deletions(sample: Path) -> 
     assert run(sample)["rows"] == 0
 
 
-def test_partitioned_comparison_finds_the_same_delta(
+def test_steps_out_of_their_budget_run_again_at_memory_limit(
     sample: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Past PARTITION_ROWS the comparison runs in key-hash partitions (flat memory)."""
-    from optisync.batch import export
+    """Budgets too small for any step: each runs again at batch.memory_limit, same delta."""
+    from optisync.batch import memory
 
-    monkeypatch.setattr(export, "PARTITION_ROWS", 2)  # several partitions on the sample
+    monkeypatch.setattr(memory, "STREAM_MIB", (0, 0))
+    monkeypatch.setattr(memory, "WORK_MIB", (0, 0))
+    limits: list[int] = []
+    real_set = memory.Budget._set
+
+    def record(self: memory.Budget, limit: int) -> None:
+        limits.append(limit)
+        real_set(self, limit)
+
+    monkeypatch.setattr(memory.Budget, "_set", record)
     test_changes_export_exactly_the_changed_rows_and_deletions(sample)
+    assert set(limits) == {0, memory.parse_size("1GB")}  # the budget, then the cap
 
 
 def test_full_resets_the_state(sample: Path) -> None:
