@@ -81,8 +81,7 @@ batch:
   source: {{kind: duckdb, path: {db}}}
   output: {{dir: {out}, max_file_mb: 200}}
   state_dir: {state}
-  memory_limit: {memory}
-  datasets:
+{memory}  datasets:
     members:
       key: [member_id]
       currency: currency
@@ -140,7 +139,7 @@ cur.to_pickle({str(work / 'pandas-snapshot.pkl')!r})
     return wall
 
 
-def _setup(work: Path, n: int, memory: str) -> tuple[Path, Path]:
+def _setup(work: Path, n: int, memory: str | None) -> tuple[Path, Path]:
     db = work / f"members-{n}.duckdb"
     con = duckdb.connect(str(db))
     con.execute(GENERATE.format(n=n))
@@ -152,7 +151,7 @@ def _setup(work: Path, n: int, memory: str) -> tuple[Path, Path]:
             db=db,
             out=work / f"out-{n}",
             state=work / f"state-{n}",
-            memory=memory,
+            memory=f"  memory_limit: {memory}\n" if memory else "",  # else the default
             columns=columns,
         ),
         encoding="utf-8",
@@ -173,7 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--members", type=int, default=1_000_000)
     parser.add_argument("--big", type=int, default=5_000_000)
-    parser.add_argument("--memory-limit", default="1GB")
+    parser.add_argument("--memory-limit", help="batch.memory_limit (default: the shipped one)")
     parser.add_argument("--skip-pandas", action="store_true")
     parser.add_argument("--skip-big", action="store_true")
     args = parser.parse_args()
