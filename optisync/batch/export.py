@@ -10,6 +10,7 @@ then advance the state. All row work is DuckDB SQL; Python only sees card candid
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import json
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from optisync import __version__
-from optisync.batch.memory import Budget, Step
+from optisync.batch.memory import Budget, Step, parts
 from optisync.batch.plan import (
     DATASETS,
     LAST_UPDATED,
@@ -338,16 +339,30 @@ def _export_dataset(
         old_keys = ", ".join(f"s.{quote(f'_k{i}')} AS {quote(f'_s{i}')}" for i in range(nk))
         c_old = ", ".join(f"c.{quote(f'_s{i}')}" for i in range(nk))
         # Which keys are new, changed or gone: a hash join of keys and fingerprints only,
-        # so DuckDB can spill it to disk past its budget (memory stays flat in the data).
-        budget.run(
-            "work",
-            lambda: con.execute(
-                f"CREATE OR REPLACE TEMP TABLE {changes} AS SELECT {t_keys}, {old_keys},"
-                f" t._fp IS NULL AS _gone FROM (SELECT {keys_fp} FROM {typed}) t"
-                f" FULL OUTER JOIN (SELECT {keys_fp} FROM {old}) s ON {_join_on(plan, 't', 's')}"
-                f" WHERE t._fp IS DISTINCT FROM s._fp"
-            ),
-        )
+        # which DuckDB spills to disk past its budget. Past PART_MIB of keys it runs in
+        # key-hash parts, each reading the source again for its keys only, so memory
+        # stays flat in the data.
+        texts = " + ".join(f"coalesce(strlen({k}), 0)" for k in plan.key_cols())
+        sql = f"SELECT count(*), coalesce(sum({texts}), 0) FROM {old}"
+        row = budget.run("stream", lambda: con.execute(sql).fetchone())
+        n = parts(int(row[0]), int(row[1]), nk) if row else 1
+        for part in range(n):
+            t_in = s_in = None
+            if n > 1:
+                t_in = f"hash({', '.join(plan.key_texts())}) % {n} = {part}"
+                s_in = f" WHERE hash({', '.join(plan.key_cols())}) % {n} = {part}"
+            select = (
+                f"SELECT {t_keys}, {old_keys}, t._fp IS NULL AS _gone"
+                f" FROM (SELECT {keys_fp} FROM ({plan.typed_sql(t_in)})) t"
+                f" FULL OUTER JOIN (SELECT {keys_fp} FROM {old}{s_in or ''}) s"
+                f" ON {_join_on(plan, 't', 's')} WHERE t._fp IS DISTINCT FROM s._fp"
+            )
+            sql = (
+                f"CREATE OR REPLACE TEMP TABLE {changes} AS {select}"
+                if part == 0
+                else f"INSERT INTO {changes} {select}"
+            )
+            budget.run("work", functools.partial(con.execute, sql))
         # Then those rows: the source again, kept to the changed keys before typing. A row
         # gone from the source since the comparison stays out (its old state stays too).
         wanted = " AND ".join(

@@ -18,7 +18,7 @@ from typing import Literal, TypeVar
 
 import duckdb
 
-__all__ = ["MIB", "STREAM_MIB", "WORK_MIB", "Budget", "Step", "parse_size"]
+__all__ = ["MIB", "PART_MIB", "STREAM_MIB", "WORK_MIB", "Budget", "Step", "parse_size", "parts"]
 
 MIB = 1 << 20
 # (base, per DuckDB thread) in MiB. Measured on DuckDB 2.0.1 with 1 to 16 threads: a scan
@@ -26,6 +26,12 @@ MIB = 1 << 20
 # of keys and fingerprints, spilling) in about 16 MiB a thread.
 STREAM_MIB = (16, 8)
 WORK_MIB = (32, 16)
+# DuckDB's spilling hash join needs more memory the more rows it holds (it splits them
+# into more partitions, each with buffers): 5M keys compared in 48 MiB, 20M not in 64 MiB.
+# Past this many bytes of keys the comparison runs in key-hash parts (export.py).
+PART_MIB = 192
+ROW_BYTES = 24  # a compared row in the hash table, besides its keys: fingerprint, hash, link
+KEY_BYTES = 16  # each key column, besides its text
 
 Step = Literal["stream", "work"]
 T = TypeVar("T")
@@ -41,6 +47,12 @@ def parse_size(text: str) -> int:
     power = "KMGT".index(m.group(2)) + 1
     unit = 1024 if m.group(3) else 1000
     return int(float(m.group(1)) * unit**power)
+
+
+def parts(rows: int, key_text_bytes: int, key_columns: int) -> int:
+    """Key-hash parts for comparing ``rows`` keys (``key_text_bytes`` of text in all)."""
+    need = rows * (ROW_BYTES + KEY_BYTES * key_columns) + key_text_bytes
+    return max(1, int(-(-need // (PART_MIB * MIB))))
 
 
 class Budget:

@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from optisync.batch import memory
-from optisync.batch.memory import MIB, Budget, parse_size
+from optisync.batch.memory import MIB, PART_MIB, Budget, parse_size, parts
 
 
 def connect(threads: int, tmp_path: Path) -> duckdb.DuckDBPyConnection:
@@ -94,3 +94,17 @@ def test_out_of_memory_at_the_cap_is_the_callers(
     with pytest.raises(duckdb.OutOfMemoryException):
         budget.run("work", step)
     assert calls == [1]  # no second try: the budget was already the cap
+
+
+def test_parts_come_from_the_bytes_of_keys_not_a_row_count() -> None:
+    assert parts(0, 0, 1) == 1
+    assert parts(1_000_000, 10_000_000, 1) == 1  # 1M ten-character keys: 50 MB
+    assert parts(5_000_000, 50_000_000, 1) == 2
+    assert parts(20_000_000, 200_000_000, 1) == 5
+    # the same rows with long or composite keys need more parts
+    assert parts(5_000_000, 5_000_000 * 60, 1) == 3
+    assert parts(5_000_000, 50_000_000, 3) > parts(5_000_000, 50_000_000, 1)
+    # never more bytes a part than PART_MIB
+    for rows in (10**6, 7 * 10**6, 10**8):
+        n = parts(rows, rows * 20, 2)
+        assert rows * (24 + 32 + 20) / n <= PART_MIB * MIB
