@@ -10,6 +10,7 @@ then advance the state. All row work is DuckDB SQL; Python only sees card candid
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import json
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from optisync import __version__
+from optisync.batch.memory import Budget, Step, parts
 from optisync.batch.plan import (
     DATASETS,
     LAST_UPDATED,
@@ -202,12 +204,9 @@ def _connect(config: Config, temp_dir: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-PARTITION_ROWS = 1_000_000
-
-
-def _join_on(plan: Plan, left: str, right: str, right_prefix: str = "_k") -> str:
+def _join_on(plan: Plan, left: str, right: str, right_prefix: str = "_k", op: str = "=") -> str:
     return " AND ".join(
-        f"{left}.{quote(f'_k{i}')} = {right}.{quote(f'{right_prefix}{i}')}"
+        f"{left}.{quote(f'_k{i}')} {op} {right}.{quote(f'{right_prefix}{i}')}"
         for i in range(len(plan.key))
     )
 
@@ -278,6 +277,7 @@ def _export_dataset(
     con: duckdb.DuckDBPyConnection,
     plan: Plan,
     *,
+    budget: Budget,
     config: Config,
     state: StateStore,
     writer: FileWriter | None,
@@ -307,16 +307,21 @@ def _export_dataset(
     if plan.emd_relation is not None:
         mapped = ", ".join("'" + k.replace("'", "''") + "'" for k in plan.emd_mapped) or "NULL"
         name_col = quote(plan.emd_name_column)
-        rows = con.execute(
-            f"SELECT CAST({name_col} AS VARCHAR), count(*) FROM {plan.emd_relation}"
-            f" WHERE {name_col} IS NOT NULL AND {name_col} NOT IN ({mapped}) GROUP BY 1"
-        ).fetchall()
+        rows = budget.run(
+            "work",
+            lambda: con.execute(
+                f"SELECT CAST({name_col} AS VARCHAR), count(*) FROM {plan.emd_relation}"
+                f" WHERE {name_col} IS NOT NULL AND {name_col} NOT IN ({mapped}) GROUP BY 1"
+            ).fetchall(),
+        )
         for key, n in rows:
             summary.emd_unmapped[str(key)] += int(n)
 
     run_stamp = started.strftime("%Y-%m-%d %H:%M:%S")
+    # Reading emd pivots it (an aggregate); other datasets stream from the source.
+    reading: Step = "work" if plan.emd_relation is not None else "stream"
     if result.mode == "full":
-        held = _find_held(con, plan, typed)
+        held = budget.run(reading, lambda: _find_held(con, plan, typed))
         clean = f"SELECT * FROM {typed} t"
         if held:
             table = _register_held(con, plan, held)
@@ -324,41 +329,69 @@ def _export_dataset(
         rows_sql = f"SELECT {out_cols} FROM ({clean})"
         state_sql = f"SELECT {keys_fp} FROM ({clean})"
         deletes_sql = None
+        rows_step = state_step = reading
     else:
         old = state.relation(ds)
-        old_keys = ", ".join(
-            f"s.{quote(f'_k{i}')} AS {quote(f'_s{i}')}" for i in range(len(plan.key))
-        )
         delta = quote("delta_" + ds)
-        on = _join_on(plan, "t", "s")
-        # The comparison is a hash join on the key, whose memory grows with the member
-        # count; past PARTITION_ROWS it runs in key-hash partitions, so memory stays flat
-        # (each partition reads the source again: time grows, memory does not).
-        old_rows = int((con.execute(f"SELECT count(*) FROM {old}").fetchone() or (0,))[0])
-        parts = max(1, -(-old_rows // PARTITION_ROWS))
-        t_keys = ", ".join(f"t.{quote(f'_k{i}')}" for i in range(len(plan.key)))
-        s_keys = ", ".join(f"s.{quote(f'_k{i}')}" for i in range(len(plan.key)))
-        for part in range(parts):
-            t_in = s_in = ""
-            if parts > 1:
-                t_in = f" WHERE hash({t_keys}) % {parts} = {part}"
-                s_in = f" WHERE hash({s_keys}) % {parts} = {part}"
+        changes = quote("changes_" + ds)
+        nk = len(plan.key)
+        t_keys = ", ".join(f"t.{quote(f'_k{i}')}" for i in range(nk))
+        old_keys = ", ".join(f"s.{quote(f'_k{i}')} AS {quote(f'_s{i}')}" for i in range(nk))
+        c_old = ", ".join(f"c.{quote(f'_s{i}')}" for i in range(nk))
+        # Which keys are new, changed or gone: a hash join of keys and fingerprints only,
+        # which DuckDB spills to disk past its budget. Past PART_MIB of keys it runs in
+        # key-hash parts, each reading the source again for its keys only, so memory
+        # stays flat in the data.
+        texts = " + ".join(f"coalesce(strlen({k}), 0)" for k in plan.key_cols())
+        sql = f"SELECT count(*), coalesce(sum({texts}), 0) FROM {old}"
+        row = budget.run("stream", lambda: con.execute(sql).fetchone())
+        n = parts(int(row[0]), int(row[1]), nk) if row else 1
+        for part in range(n):
+            t_in = s_in = None
+            if n > 1:
+                t_in = f"hash({', '.join(plan.key_texts())}) % {n} = {part}"
+                s_in = f" WHERE hash({', '.join(plan.key_cols())}) % {n} = {part}"
             select = (
-                f"SELECT t.*, {old_keys}, t._fp IS NULL AS _gone, false AS _held"
-                f" FROM (SELECT * FROM {typed} t{t_in}) t"
-                f" FULL OUTER JOIN (SELECT * FROM {old} s{s_in}) s"
-                f" ON {on} WHERE t._fp IS DISTINCT FROM s._fp"
+                f"SELECT {t_keys}, {old_keys}, t._fp IS NULL AS _gone"
+                f" FROM (SELECT {keys_fp} FROM ({plan.typed_sql(t_in)})) t"
+                f" FULL OUTER JOIN (SELECT {keys_fp} FROM {old}{s_in or ''}) s"
+                f" ON {_join_on(plan, 't', 's')} WHERE t._fp IS DISTINCT FROM s._fp"
             )
-            if part == 0:
-                con.execute(f"CREATE OR REPLACE TEMP TABLE {delta} AS {select}")
-            else:
-                con.execute(f"INSERT INTO {delta} {select}")
-        held = _find_held(con, plan, f"(SELECT * FROM {delta} WHERE NOT _gone)")
+            sql = (
+                f"CREATE OR REPLACE TEMP TABLE {changes} AS {select}"
+                if part == 0
+                else f"INSERT INTO {changes} {select}"
+            )
+            budget.run("work", functools.partial(con.execute, sql))
+        # Then those rows: the source again, kept to the changed keys before typing. A row
+        # gone from the source since the comparison stays out (its old state stays too).
+        wanted = " AND ".join(
+            f"c.{quote(f'_k{i}')} IS NOT DISTINCT FROM {k}" for i, k in enumerate(plan.key_texts())
+        )
+        changed = plan.typed_sql(
+            f"EXISTS (SELECT 1 FROM {changes} c WHERE NOT c._gone AND {wanted})"
+        )
+        budget.run(
+            "work",
+            lambda: con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {delta} AS SELECT t.*, {c_old}, c._gone,"
+                f" false AS _held FROM {changes} c LEFT JOIN ({changed}) t ON NOT c._gone AND"
+                f" {_join_on(plan, 't', 'c', op='IS NOT DISTINCT FROM')}"
+                f" WHERE c._gone OR t._fp IS NOT NULL"
+            ),
+        )
+        con.execute(f"DROP TABLE {changes}")
+        held = budget.run(
+            "stream", lambda: _find_held(con, plan, f"(SELECT * FROM {delta} WHERE NOT _gone)")
+        )
         if held:
             table = _register_held(con, plan, held)
-            con.execute(
-                f"UPDATE {delta} d SET _held = true WHERE EXISTS (SELECT 1 FROM {table} h"
-                f" WHERE {_join_on(plan, 'd', 'h')})"
+            budget.run(
+                "work",
+                lambda: con.execute(
+                    f"UPDATE {delta} d SET _held = true WHERE EXISTS (SELECT 1 FROM {table} h"
+                    f" WHERE {_join_on(plan, 'd', 'h')})"
+                ),
             )
         rows_sql = f"SELECT {out_cols} FROM {delta} WHERE NOT _gone AND NOT _held"
         key_out = ", ".join(
@@ -374,6 +407,7 @@ def _export_dataset(
             f" WHERE NOT d._held AND {replaced}) UNION ALL"
             f" SELECT {keys_fp} FROM {delta} WHERE NOT _gone AND NOT _held"
         )
+        rows_step, state_step = "stream", "work"  # the state: old minus replaced, plus new
         result.deletions = int(
             (con.execute(f"SELECT count(*) FROM {delta} WHERE _gone").fetchone() or (0,))[0]
         )
@@ -384,14 +418,17 @@ def _export_dataset(
 
     source_max = None
     if plan.updated_at is not None:
-        row = con.execute(f"SELECT max({plan.updated_at}) FROM ({plan.base_sql}) b").fetchone()
+        sql = f"SELECT max({plan.updated_at}) FROM ({plan.base_sql}) b"
+        row = budget.run(reading, lambda: con.execute(sql).fetchone())
         source_max = row[0] if row else None
     result.watermark = (
         source_max.strftime("%Y-%m-%d %H:%M:%S") if isinstance(source_max, datetime) else run_stamp
     )
 
     if writer is None or target is not None:  # dry run, or to Snowflake: count
-        row = con.execute(f"SELECT count(*) FROM ({rows_sql})").fetchone()
+        row = budget.run(
+            rows_step, lambda: con.execute(f"SELECT count(*) FROM ({rows_sql})").fetchone()
+        )
         result.rows = int(row[0]) if row else 0
     if writer is None and target is None:
         return result
@@ -406,9 +443,14 @@ def _export_dataset(
         if held:
             root = config.path(config.batch.output.dir).resolve()
             result.quarantine = str(_quarantine(root, summary.run_date, summary.run_id, plan, held))
-        rows_table = target.load(con, rows_sql, f"{ds}_rows")
-        deletes_table = target.load(con, deletes_sql, f"{ds}_deletes") if deletes_sql else None
-        tmp = state.stage(con, ds, state_sql, meta_out, summary.run_id)
+        rows_table = budget.run(rows_step, lambda: target.load(con, rows_sql, f"{ds}_rows"))
+        deletes_table = None
+        if deletes_sql is not None:
+            sql = deletes_sql
+            deletes_table = budget.run("stream", lambda: target.load(con, sql, f"{ds}_deletes"))
+        tmp = budget.run(
+            state_step, lambda: state.stage(con, ds, state_sql, meta_out, summary.run_id)
+        )
         target.apply(
             plan,
             result,
@@ -427,15 +469,17 @@ def _export_dataset(
             writer.root.parent.resolve(), summary.run_date, summary.run_id, plan, held
         )
         result.quarantine = str(path)
-    count, files = writer.stage(con, ds, "rows", rows_sql)
+    count, files = budget.run(rows_step, lambda: writer.stage(con, ds, "rows", rows_sql))
     result.rows = count
     staged.files += files
     staged.totals[(ds, "rows")] = count
     if deletes_sql is not None:
-        count, files = writer.stage(con, ds, "deletes", deletes_sql)
+        sql = deletes_sql
+        count, files = budget.run("stream", lambda: writer.stage(con, ds, "deletes", sql))
         staged.files += files
         staged.totals[(ds, "deletes")] = count
-    staged.state.append((state.stage(con, ds, state_sql, meta_out, summary.run_id), ds))
+    tmp = budget.run(state_step, lambda: state.stage(con, ds, state_sql, meta_out, summary.run_id))
+    staged.state.append((tmp, ds))
     return result
 
 
@@ -498,6 +542,7 @@ def _export_local(
     """The export from a DuckDB database or a folder of extracts, to files or Snowflake."""
     con = _connect(config, temp_dir)
     stack.callback(con.close)
+    budget = Budget(con, config.batch.memory_limit)
     source = make_source(config)
     source.open(con)
     writer = None
@@ -525,6 +570,7 @@ def _export_local(
             result = _export_dataset(
                 con,
                 plan,
+                budget=budget,
                 config=config,
                 state=state,
                 writer=writer,

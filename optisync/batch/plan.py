@@ -118,17 +118,23 @@ class Plan:
         """What the fingerprint covers; a change means every row's fingerprint changed."""
         return "|".join(f"{c.name}={c.expr}" for c in self.columns) + "|key=" + ",".join(self.key)
 
-    def typed_sql(self) -> str:
-        """Output columns (typed), key columns as text ``_k0..``, and the fingerprint ``_fp``."""
+    def typed_sql(self, where: str | None = None) -> str:
+        """Output columns (typed), key columns as text ``_k0..``, and the fingerprint ``_fp``.
+
+        ``where`` (SQL over the base relation ``b``) keeps only some rows, before typing.
+        """
         cols = ", ".join(f"{c.expr} AS {quote(c.name)}" for c in self.columns)
-        keys = ", ".join(
-            f"CAST(b.{quote(k)} AS VARCHAR) AS {quote(f'_k{i}')}" for i, k in enumerate(self.key)
-        )
+        keys = ", ".join(f"{k} AS {quote(f'_k{i}')}" for i, k in enumerate(self.key_texts()))
         fp = ", ".join(quote(c.name) for c in self.columns)
         return (
             f"SELECT *, {self.dialect.fingerprint([fp])} AS _fp FROM (SELECT {cols},"
-            f" {self.last_updated} AS {quote(LAST_UPDATED)}, {keys} FROM ({self.base_sql}) b)"
+            f" {self.last_updated} AS {quote(LAST_UPDATED)}, {keys} FROM ({self.base_sql}) b"
+            + (f" WHERE {where})" if where else ")")
         )
+
+    def key_texts(self) -> list[str]:
+        """SQL over the base relation ``b`` for each key column as text (``_k0..``)."""
+        return [f"CAST(b.{quote(k)} AS VARCHAR)" for k in self.key]
 
     def key_cols(self, prefix: str = "") -> list[str]:
         return [f"{prefix}{quote(f'_k{i}')}" for i in range(len(self.key))]

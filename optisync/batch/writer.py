@@ -37,6 +37,7 @@ __all__ = ["FileWriter", "PublishedFile", "StagedFile", "Writer", "atomic_write"
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
 TMP_PREFIX = ".tmp-"
+ROW_GROUP_BYTES = "4MB"  # Parquet output: the most one row group holds before it is written
 
 Kind = Literal["rows", "deletes"]
 
@@ -281,11 +282,13 @@ class FileWriter:
     ) -> tuple[int, list[StagedFile]]:
         target = max(256 * 1024, int(self.max_bytes * 0.85))
         pattern = f"{TMP_PREFIX}{self.run_id}-{kind}-{{i}}"
+        # Each DuckDB thread holds a row group until it is written: bounded in bytes, so
+        # wide rows fit the export's memory budget (memory.py).
         try:
             row = con.execute(
                 f"COPY ({select_sql}) TO '{_sql_str(folder)}' (FORMAT parquet, COMPRESSION zstd,"
-                f" FILE_SIZE_BYTES {target}, OVERWRITE_OR_IGNORE, FILENAME_PATTERN '{pattern}',"
-                " RETURN_FILES)"
+                f" FILE_SIZE_BYTES {target}, ROW_GROUP_SIZE_BYTES '{ROW_GROUP_BYTES}',"
+                f" OVERWRITE_OR_IGNORE, FILENAME_PATTERN '{pattern}', RETURN_FILES)"
             ).fetchone()
         except duckdb.IOException as exc:
             raise StorageError(

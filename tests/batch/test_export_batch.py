@@ -112,14 +112,47 @@ def test_changes_export_exactly_the_changed_rows_and_deletions(sample: Path) -> 
     assert run(sample)["rows"] == 0
 
 
-def test_partitioned_comparison_finds_the_same_delta(
+def test_comparison_in_key_hash_parts_finds_the_same_delta(
     sample: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Past PARTITION_ROWS the comparison runs in key-hash partitions (flat memory)."""
-    from optisync.batch import export
+    """Past PART_MIB of keys the comparison runs in key-hash parts (flat memory)."""
+    from optisync.batch import export, memory
 
-    monkeypatch.setattr(export, "PARTITION_ROWS", 2)  # several partitions on the sample
+    monkeypatch.setattr(memory, "PART_MIB", 0.0002)  # ~200 bytes: several parts here
+    counts: list[int] = []
+    real_parts = export.parts
+
+    def record(rows: int, text: int, keys: int) -> int:
+        counts.append(real_parts(rows, text, keys))
+        return counts[-1]
+
+    monkeypatch.setattr(export, "parts", record)
     test_changes_export_exactly_the_changed_rows_and_deletions(sample)
+    assert counts and max(counts) > 1
+
+
+def test_steps_out_of_their_budget_run_again_at_memory_limit(
+    sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Budgets of 1 MiB, too small for DuckDB's joins: those run again at the cap, same delta."""
+    from optisync.batch import memory
+
+    monkeypatch.setattr(memory, "STREAM_MIB", (1, 0))
+    monkeypatch.setattr(memory, "WORK_MIB", (1, 0))
+    limits: list[int] = []
+    real_set = memory.Budget._set
+
+    def record(self: memory.Budget, limit: int) -> None:
+        limits.append(limit)
+        real_set(self, limit)
+
+    monkeypatch.setattr(memory.Budget, "_set", record)
+    test_changes_export_exactly_the_changed_rows_and_deletions(sample)
+    cap, budget = memory.parse_size("1GB"), memory.MIB
+    assert set(limits) == {budget, cap}
+    # a step that fit: budget, cap after it; one that ran again: budget, cap to retry, cap after
+    retried = sum(limits[i : i + 3] == [budget, cap, cap] for i in range(len(limits)))
+    assert retried > 0
 
 
 def test_full_resets_the_state(sample: Path) -> None:
