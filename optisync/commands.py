@@ -210,11 +210,11 @@ def push_event(
                 )
         register = None
         if any(t.kind == "triggered" and t.delivery == "api" for t in config.templates.values()):
-            path = config.path(config.optimove.state_dir) / "opt-in.sqlite3"
-            if not dry_run or path.exists():
+            register_path = config.path(config.optimove.state_dir) / "opt-in.sqlite3"
+            if not dry_run or register_path.exists():
                 from optisync.optin import OptInRegister  # sqlite3, only when needed
 
-                register = OptInRegister(path)
+                register = OptInRegister(register_path)
                 stack.callback(register.close)
         journal = None
         if source.input is not None and source.input != "-" and not dry_run:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from optisync.deadletter import DeadLetterStore
+from optisync.delivery import config_hash
 from optisync.errors import ExitCode
 from optisync.events import parse_envelope
 from optisync.localize import MemberLocale, format_value
@@ -255,3 +256,16 @@ def test_amounts_read_as_the_member_expects(locale: str | None, expected: str) -
     event = parse_envelope({**EVENTS[2], "locale": locale})
     value = event.data.reward_value  # type: ignore[attr-defined]
     assert format_value(value, "currency", MemberLocale(locale, "en_CA"), "CAD") == expected
+
+
+def test_letters_carry_the_config_files_hash_with_an_opt_in_register(
+    box: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The register's file sits beside the config in push-event's setup; the letter must
+    # still name the config that produced it, not the register.
+    monkeypatch.setenv("OPTISYNC_TEMPLATES__WELCOME__DELIVERY", "api")
+    push(tmp_path, [{**EVENTS[0], "type": "NO_SUCH_TYPE"}], expect=ExitCode.INVALID_INPUT)
+    store = DeadLetterStore(tmp_path / "dl")
+    letters = [letter for _, letter in store.iter_letters()]
+    assert len(letters) == 1
+    assert letters[0].config_hash == config_hash(EXAMPLES / "optisync.yaml")
