@@ -2,10 +2,10 @@
 
 import hashlib
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, date
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from functools import cache
+from functools import cache, cached_property
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
@@ -192,9 +192,12 @@ class Envelope(BaseModel):
             raise ValueError("data must be a JSON object")
         return DATA_MODELS[kind].model_validate(value)  # a StrEnum hashes as its value
 
-    @property
+    @cached_property
     def message_id(self) -> str:
-        """The producer's id, else one derived from the content so the same message keeps it."""
+        """The producer's id, else one derived from the content so the same message keeps it.
+
+        Cached: delivery reads it for every part, and deriving it dumps and hashes ``data``.
+        """
         if self.id:
             return self.id
         canonical = json.dumps(
@@ -304,7 +307,3 @@ def resolve(envelope: Envelope, path: str) -> Any:
         else:
             return None
     return value
-
-
-def parse_datetime(text: str) -> datetime:  # pragma: no cover - thin helper for callers
-    return TypeAdapter(AwareDatetime).validate_python(text)
