@@ -59,6 +59,12 @@ class Dialect:
         """True where ``text`` (a VARCHAR) may hold a card number; the exact check is Python's."""
         return f"(length({text}) >= 13 AND regexp_matches({text}, '{CARD_PATTERN}'))"
 
+    def float_decimal(self, expr: str) -> str:
+        """A floating-point value as DECIMAL(38,4), rounded from its shortest decimal form."""
+        # A direct cast scales the double by 10^4 in binary first: 4111111111111111 would
+        # come out as 4111111111111110.6560, wrong and no longer recognisable as a card.
+        return f"CAST(CAST({expr} AS VARCHAR) AS DECIMAL(38,4))"
+
 
 class SnowflakeDialect(Dialect):
     """Snowflake: HASH for fingerprints, CONVERT_TIMEZONE (the session runs in UTC)."""
@@ -78,6 +84,10 @@ class SnowflakeDialect(Dialect):
         # POSIX ERE (no (?:...)); REGEXP_LIKE matches the whole text, hence .* and 's'
         pattern = CARD_PATTERN.replace("(?:", "(")
         return f"(LENGTH({text}) >= 13 AND REGEXP_LIKE({text}, '.*{pattern}.*', 's'))"
+
+    def float_decimal(self, expr: str) -> str:
+        # Snowflake rounds a FLOAT to NUMBER by value (not checked against a real account)
+        return f"CAST({expr} AS DECIMAL(38,4))"
 
 
 DUCKDB = Dialect()
@@ -174,7 +184,7 @@ def _source_cast(name: str, source: str, sql_type: str, dialect: Dialect = DUCKD
     if t.startswith("TIMESTAMP"):  # a naive timestamp is taken as UTC (the session's zone)
         return OutColumn(name, dialect.utc(source))
     if t in {"DOUBLE", "FLOAT", "REAL"}:
-        return OutColumn(name, f"CAST({source} AS DECIMAL(38,4))", decimal=True)
+        return OutColumn(name, dialect.float_decimal(source), guard=True, decimal=True)
     if (m := _DECIMAL.match(t)) is not None:
         return OutColumn(name, source, guard=int(m.group(1)) >= 13, decimal=True)
     if t == "BOOLEAN":

@@ -456,3 +456,36 @@ def test_summary_text_mentions_nothing_under_cron(sample: Path) -> None:
     result = invoke("--config", str(sample), "export-batch")
     assert result.stdout == ""
     assert "warning" in result.stderr  # EMD keys are reported even under cron
+
+
+def test_float_columns_are_exact_and_guarded_for_card_numbers(  # type: ignore[no-untyped-def]
+    write_config, tmp_path: Path
+) -> None:
+    import duckdb
+
+    db = tmp_path / "loyalty.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute(
+        "CREATE TABLE members AS SELECT * FROM (VALUES ('M1', 12.5::DOUBLE),"
+        " ('M2', 1e20::DOUBLE), ('M3', 4111111111111111::DOUBLE)) t(member_id, score)"
+    )
+    con.close()
+    config = write_config(
+        f"""
+        attributes:
+          emd: {{opt_in_key: email_opt_in}}
+        batch:
+          source: {{kind: duckdb, path: {db}}}
+          output: {{dir: out}}
+          state_dir: state
+          datasets:
+            members: {{key: [member_id], columns: {{CustomerID: member_id, Score: score}}}}
+        """
+    )
+    data = run(config, expect=ExitCode.INVALID_INPUT)
+    rows = {r[0]: r[1] for r in rows_of(data, "members")}
+    # a double's value, not its binary expansion times 10^4; the card-like one held back
+    assert rows == {"M1": "12.5000", "M2": "100000000000000000000.0000"}
+    assert data["datasets"]["members"]["held"] == 1
+    for path in (tmp_path / "out").rglob("*.gz"):
+        assert "411111111111111" not in gzip.decompress(path.read_bytes()).decode()
