@@ -432,6 +432,8 @@ def sandbox_cmd(
         latency_ms=latency_ms,
         drop_rate=drop_rate,
         lost_response_rate=lost_response_rate,
+        slow_rate=slow_rate,
+        slow_ms=slow_ms,
         seed=seed,
     )
     config = SandboxConfig(
@@ -442,6 +444,7 @@ def sandbox_cmd(
         templates=templates,
         faults=faults,
         record_path=record,
+        keep_received=keep,
     )
     serve(config, host, port)
 

@@ -891,3 +891,20 @@ def test_serve_stops_cleanly_on_signal(signum: int) -> None:
     assert proc.returncode == 0, err
     assert out.strip() == "returned"
     assert "Traceback" not in err
+
+
+def test_command_passes_every_fault_flag_to_the_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import invoke
+
+    seen: list[SandboxConfig] = []
+    monkeypatch.setattr("optisync.sandbox.serve", lambda config, host, port: seen.append(config))
+    invoke(
+        "sandbox", "--api-key", "k", "--error-rate", "0.1", "--burst-429", "0.2",
+        "--latency-ms", "3", "--drop-rate", "0.3", "--lost-response-rate", "0.4",
+        "--slow-rate", "0.5", "--slow-ms", "60", "--seed", "7", "--keep", "2",
+    )  # fmt: skip
+    assert seen[0].faults == Faults(
+        error_rate=0.1, burst_429=0.2, latency_ms=3, drop_rate=0.3, lost_response_rate=0.4,
+        slow_rate=0.5, slow_ms=60, seed=7,
+    )  # fmt: skip
+    assert seen[0].keep_received == 2
