@@ -5,8 +5,6 @@ one place where exceptions meet exit codes, so CliRunner tests see what users ge
 """
 
 import gc
-import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -452,17 +450,13 @@ def sandbox_cmd(
 def _render(out: Output, summary: Any) -> None:
     from optisync.commands import raise_for
 
-    try:
-        if out.json:
-            out.emit_json(summary.as_dict())
-        else:
-            if summary.dry_run:
-                _print_plans(out, summary.plans)
-            if out.interactive or summary.exit_code() != ExitCode.OK:
-                _table(out, summary)
-    except BrokenPipeError:
-        # the reader went away (`| head`): the work is done, its exit code still counts
-        sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115 - keeps the exit quiet
+    if out.json:
+        out.emit_json(summary.as_dict())
+    else:
+        if summary.dry_run:
+            _print_plans(out, summary.plans)
+        if out.interactive or summary.exit_code() != ExitCode.OK:
+            _table(out, summary)
     raise_for(summary)
 
 
@@ -472,19 +466,19 @@ def _print_plans(out: Output, plans: list[dict[str, Any]]) -> None:
     for plan in plans:
         if "invalid" in plan:
             where = f"line {plan['line']}: " if plan.get("line") else ""
-            out.stdout.write(f"{where}invalid: {plan['invalid']}\n")
+            out.write(f"{where}invalid: {plan['invalid']}\n")
             continue
         if "letters" in plan:
-            out.stdout.write(f"{plan['endpoint']}: {len(plan['letters'])} letter(s)\n")
+            out.write(f"{plan['endpoint']}: {len(plan['letters'])} letter(s)\n")
             continue
         where = f"line {plan['line']} " if plan.get("line") else ""
         targets = ", ".join(plan["targets"]) or "nothing"
-        out.stdout.write(
+        out.write(
             f"{where}{plan['id']} {plan['type']} -> {targets} (rules: {', '.join(plan['rules'])})\n"
         )
         for request in plan["requests"]:
             body = json.dumps(request["body"], ensure_ascii=False)
-            out.stdout.write(f"    {request['endpoint']} {body}\n")
+            out.write(f"    {request['endpoint']} {body}\n")
 
 
 def _table(out: Output, summary: Any) -> None:

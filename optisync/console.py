@@ -45,8 +45,16 @@ class Output:
         return self._err
 
     def emit_json(self, obj: Any) -> None:
-        self.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
-        self.stdout.flush()
+        self.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
+
+    def write(self, text: str) -> None:
+        """Data on stdout. A reader that went away (``| head``) does not change the exit
+        code: the work is done, and the rest of the output is dropped quietly."""
+        try:
+            self.stdout.write(text)
+            self.stdout.flush()
+        except BrokenPipeError:
+            self.stdout = sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115
 
     def line(self, text: str) -> None:
         """A plain line for humans on stderr, printed whatever the terminal."""

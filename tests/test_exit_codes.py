@@ -162,3 +162,29 @@ def test_console_entry_keeps_the_exit_code_and_skips_the_last_collection(
             assert gc.get_freeze_count() > 0
         finally:
             gc.unfreeze()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--json", "validate-config", "examples/optisync.yaml"],
+        ["--json", "--config", "examples/optisync.yaml", "export-batch", "--dry-run"],
+    ],
+)
+def test_a_reader_that_went_away_does_not_change_the_exit_code(args: list[str]) -> None:
+    import os
+    import subprocess
+
+    from .conftest import EXAMPLES
+
+    cwd = EXAMPLES.parent
+    cmd = [sys.executable, "-m", "optisync", *args]
+    expected = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, check=False)
+    read, write = os.pipe()
+    os.close(read)  # every write to stdout now fails with EPIPE
+    try:
+        got = subprocess.run(cmd, cwd=cwd, stdout=write, stderr=subprocess.PIPE, check=False)
+    finally:
+        os.close(write)
+    assert got.returncode == expected.returncode
+    assert b"internal error" not in got.stderr and b"Traceback" not in got.stderr
