@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from optisync.config import Config
 from optisync.configfile import find_config, load_config
-from optisync.deadletter import DeadLetterStore
+from optisync.deadletter import DeadLetterStore, Kind
 from optisync.delivery import (
     TARGETS,
     Pusher,
@@ -245,6 +245,9 @@ def replay_letters(
     wait: bool = False,
 ) -> Summary:
     """Re-send dead letters; a letter leaves the folder only once Optimove accepted it."""
+    kinds = [k.value for k in Kind]
+    if filters.kind is not None and filters.kind not in kinds:
+        raise UsageError(f"--kind {filters.kind}: not a kind", hint=f"one of: {', '.join(kinds)}")
     path = find_config(config_path)
     config = load_config(path)
     store = DeadLetterStore(config.path(config.dead_letter.dir))

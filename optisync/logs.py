@@ -60,8 +60,16 @@ def setup(
     console.setFormatter(formatter)
     root.addHandler(console)
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file, encoding="utf-8")
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            from optisync.errors import StorageError
+
+            raise StorageError(
+                f"cannot write the log file {log_file}: {exc.strerror or exc}",
+                hint="choose a writable --log-file",
+            ) from exc
         handler.setLevel(logging.INFO)
         handler.setFormatter(
             formatter

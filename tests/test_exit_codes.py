@@ -188,3 +188,18 @@ def test_a_reader_that_went_away_does_not_change_the_exit_code(args: list[str]) 
         os.close(write)
     assert got.returncode == expected.returncode
     assert b"internal error" not in got.stderr and b"Traceback" not in got.stderr
+
+
+def test_unknown_replay_kind_is_a_usage_error(write_config: WriteConfig) -> None:
+    config = write_config("attributes: {emd: {opt_in_key: email_opt_in}}\n")
+    result = invoke("--config", str(config), "replay", "--kind", "foo", expect=ExitCode.USAGE)
+    assert "--kind foo: not a kind" in result.stderr and "email" in result.stderr
+
+
+def test_unwritable_log_file_names_the_file(write_config: WriteConfig) -> None:
+    config = write_config("attributes: {emd: {opt_in_key: email_opt_in}}\n")
+    result = invoke(
+        "--config", str(config), "--log-file", "/proc/nope/x.log", "validate-config",
+        expect=ExitCode.UNAVAILABLE,
+    )  # fmt: skip
+    assert "cannot write the log file /proc/nope/x.log" in result.stderr
