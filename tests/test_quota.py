@@ -69,6 +69,29 @@ def test_a_dead_holder_frees_its_slot_after_hold_and_window(tmp_path: Path) -> N
     assert clock.now == pytest.approx(start + 6.0)
 
 
+def test_a_waiter_sees_an_in_flight_slot_freed_without_waiting_out_its_hold(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    waits: list[float] = []
+    quota = SharedQuota(
+        tmp_path / "q.json", 1, 1.0, hold=35.0, clock=clock, sleep=clock.sleep, margin=0
+    )
+    first = quota.acquire()  # in flight; its answer comes while the second one waits
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock.sleep(seconds)
+        if len(waits) == 1:
+            first.release()
+
+    quota._sleep = sleep
+    start = clock.now
+    quota.acquire().release()
+    assert waits[0] <= SharedQuota.POLL
+    assert clock.now - start == pytest.approx(SharedQuota.POLL + 1.0)  # not hold + window
+
+
 def test_torn_file_is_read_as_empty(tmp_path: Path) -> None:
     path = tmp_path / "q.json"
     quota = SharedQuota(path, 1, 1.0, hold=1.0)

@@ -24,6 +24,8 @@ from optisync.optimove.ratelimit import Permit
 
 
 class SharedQuota:
+    POLL = 0.05  # seconds between looks at the file while every slot is in flight
+
     def __init__(
         self,
         path: Path,
@@ -80,7 +82,10 @@ class SharedQuota:
                     slots[:] = live
                     return Permit(lambda: self._release(slot))
                 slots[:] = live
-                wait = min(float(s[1]) for s in live) + self.per_seconds + self.margin - now
+                soonest = min(float(s[1]) for s in live)
+                wait = soonest + self.per_seconds + self.margin - now
+                if soonest > now:  # all in flight: one frees a window after its answer,
+                    wait = min(wait, self.POLL)  # which may come at any moment
             self._sleep(max(wait, 0.001))
 
     def _release(self, slot: str) -> None:
