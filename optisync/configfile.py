@@ -436,10 +436,15 @@ def _step(annotation: Any, part: str | int) -> Any:
 def load_config(path: Path | None = None, environ: AbcMapping[str, str] | None = None) -> Config:
     """Load and validate a config for a command; raise ``ConfigError`` listing every error.
 
-    Only structural validity is required here; ``validate-config`` runs the full checks.
+    Structure and routing are required here (a wrong routing target would fail every
+    message, not just one); ``validate-config`` runs the full checks.
     """
     src = read_source(find_config(path), environ)
     config = validate_source(src) if not src.errors else None
+    if config is not None:
+        from optisync.validate import check_routing  # it imports this module
+
+        check_routing(src, config)
     if src.errors or config is None:
         problems = [p.render() for p in src.errors]
         raise ConfigError(

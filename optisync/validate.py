@@ -74,7 +74,7 @@ def check(src: Source, config: Config) -> None:
     _attributes(src, config)
     _events(src, config)
     _templates(src, config)
-    _routing(src, config)
+    check_routing(src, config)
     _locale(src, config)
     _optimove(src, config)
 
@@ -306,7 +306,9 @@ def _template_file(src: Source, loc: Loc, template: Template, config: Config) ->
         )
 
 
-def _routing(src: Source, config: Config) -> None:
+def check_routing(src: Source, config: Config) -> None:
+    """Targets, template names and conditions of the routing rules (also run on every load:
+    a wrong target would fail every message it routes)."""
     routed: set[EventType] = set()
     for i, rule in enumerate(config.routing.rules):
         loc: Loc = ("routing", "rules", i)

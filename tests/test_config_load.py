@@ -107,3 +107,26 @@ def test_attribute_types_and_aliases(given: str, expected: str) -> None:
 def test_attribute_types_rejected(bad: str) -> None:
     with pytest.raises(ValueError, match="attribute type|size must be"):
         optimove_type(bad)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("event", "unknown target 'event'"),
+        ("email", "unknown target 'email'"),
+        ("'email:nope'", "target 'email:nope' names no template in templates"),
+    ],
+)
+def test_a_wrong_routing_target_refuses_the_config_at_load(
+    write_config: WriteConfig, target: str, message: str
+) -> None:
+    # It would fail every message it routes: one config error (exit 3) naming its line.
+    path = write_config(
+        "events:\n  MEMBER_TIER: {name: member_tier}\n"
+        f"routing:\n  rules:\n    - {{types: MEMBER_TIER, to: [{target}]}}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert [p.partition("\n")[0] for p in err.value.problems] == [
+        f"{path}:5: routing.rules[0].to[0]: {message}"
+    ]
