@@ -257,20 +257,39 @@ def _apply_env_overrides(src: Source, environ: AbcMapping[str, str]) -> None:
         parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         if parts[0] not in SECTIONS or not all(parts):
             continue
-        loc: Loc = tuple(parts)
+        # Walk the file's own keys: environment names are upper case, but event types
+        # (MEMBER_TIER) and template names keep the case the file gives them.
+        node: Any = src.data
+        keys: list[str | int] = []
+        for i, part in enumerate(parts):
+            key: str | int = part
+            if isinstance(node, list):
+                if not (part.isdigit() and int(part) < len(node)):
+                    break  # no such entry: reported below, the file's list is left alone
+                key = int(part)
+            elif isinstance(node, dict):
+                key = next((k for k in node if isinstance(k, str) and k.lower() == part), part)
+            keys.append(key)
+            if i < len(parts) - 1:
+                child = node[key] if isinstance(key, int) else node.get(key)
+                if not isinstance(child, dict | list):
+                    child = node[key] = {}
+                node = child
+        if len(keys) < len(parts):
+            src.add(
+                tuple(keys),
+                f"{name}: this list has no entry {parts[len(keys)]!r}",
+                hint=f"an index from 0 to {len(node) - 1}" if node else "the list is empty",
+            )
+            continue
+        loc: Loc = tuple(keys)
         value: Any = raw
         if loc not in SECRET_PATHS:
             try:
                 value = yaml.safe_load(raw) if raw.strip() else raw
             except yaml.YAMLError:
                 value = raw
-        node = src.data
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[parts[-1]] = value
+        node[keys[-1]] = value
         src.env_overrides[loc] = name
 
 

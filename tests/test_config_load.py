@@ -130,3 +130,34 @@ def test_a_wrong_routing_target_refuses_the_config_at_load(
     assert [p.partition("\n")[0] for p in err.value.problems] == [
         f"{path}:5: routing.rules[0].to[0]: {message}"
     ]
+
+
+RULES = (
+    "events:\n  MEMBER_TIER: {name: member_tier}\n  PURCHASE: {name: purchase}\n"
+    "routing:\n  rules:\n    - {types: MEMBER_TIER, to: [events]}\n"
+    "    - {types: PURCHASE, to: [events]}\n"
+)
+
+
+def test_overrides_reach_keys_in_the_files_case_and_list_entries(
+    write_config: WriteConfig,
+) -> None:
+    config = load_config(
+        write_config(RULES),
+        environ={
+            "OPTISYNC_EVENTS__MEMBER_TIER__NAME": "tier_changed",
+            "OPTISYNC_ROUTING__RULES__1__TO": "[attributes]",
+        },
+    )
+    assert config.events["MEMBER_TIER"].name == "tier_changed"  # type: ignore[index]
+    assert [r.to for r in config.routing.rules] == [["events"], ["attributes"]]
+
+
+def test_override_of_a_missing_list_entry_is_reported(write_config: WriteConfig) -> None:
+    path = write_config(RULES)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={"OPTISYNC_ROUTING__RULES__5__TO": "[attributes]"})
+    assert err.value.problems == [
+        f"{path}:5: routing.rules: OPTISYNC_ROUTING__RULES__5__TO: this list has no entry '5'"
+        "\n  hint: an index from 0 to 1"
+    ]
