@@ -212,17 +212,56 @@ class _Sender:
         self.inflight[future] = tag
 
     def settle(
-        self, *, block_until_room: bool = True, all_: bool = False
-    ) -> Iterator[tuple[Any, Delivery | None, BaseException | None]]:
-        while self.inflight and (all_ or (block_until_room and len(self.inflight) >= self.limit)):
+        self,
+        handle: Callable[[Any, Delivery | None, BaseException | None], None],
+        *,
+        all_: bool = False,
+    ) -> None:
+        """Hand finished sends to ``handle`` until there is room (``all_``: until none is
+        left). A stop signal waits until the answers in hand are recorded: once a send
+        leaves ``inflight``, only ``handle`` can journal or dead-letter it."""
+        while self.inflight and (all_ or len(self.inflight) >= self.limit):
             done, _ = wait(list(self.inflight), return_when=FIRST_COMPLETED)
-            for future in done:
-                tag = self.inflight.pop(future)
-                exc = future.exception()
-                yield tag, (None if exc else future.result()), exc
+            with _SIGNALS.held():
+                for future in done:
+                    tag = self.inflight.pop(future)
+                    exc = future.exception()
+                    handle(tag, None if exc else future.result(), exc)
+            if not all_:  # finishing runs to the end whatever arrives
+                _SIGNALS.check()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=False)
+
+
+class _Signals:
+    """Ctrl-C and SIGTERM stop a run at once, except while answers are being recorded."""
+
+    def __init__(self) -> None:
+        self.holding = 0
+        self.pending = False
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.holding:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self.holding += 1
+        try:
+            yield
+        finally:
+            self.holding -= 1
+
+    def check(self) -> None:
+        if self.pending and not self.holding:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+_SIGNALS = _Signals()
 
 
 @contextmanager
@@ -231,15 +270,17 @@ def sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {
+        sig: signal.signal(sig, _SIGNALS.handler)
+        for sig in (signal.SIGTERM, signal.SIGINT)
+        if signal.getsignal(sig) is not signal.SIG_IGN  # nohup'd or backgrounded: keep it so
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _SIGNALS.pending = False
 
 
 class Pusher:
@@ -431,8 +472,7 @@ class Pusher:
         batch.sent = batch.body()
         self.sender.submit(batch.endpoint, batch.sent, batch)
         self.summary.requests += 1
-        for tag, delivery, exc in self.sender.settle():
-            self._settle(tag, delivery, exc)
+        self.sender.settle(self._settle)
         if self.journal is not None:
             self.journal.flush()
 
@@ -451,8 +491,7 @@ class Pusher:
                 self._fail(message, part, None, self._stopped_error())
         if self.sender is not None:
             try:
-                for tag, delivery, exc in self.sender.settle(all_=True):
-                    self._settle(tag, delivery, exc)
+                self.sender.settle(self._settle, all_=True)
             finally:
                 self.sender.close()
                 if self.sender.client is not None:
@@ -751,13 +790,11 @@ def replay(
                         break
                     sender.submit(Endpoint(endpoint), encode_body(_request(items[0][1])), items)
                     summary.requests += 1
-                    for tag, delivery, exc in sender.settle():
-                        settle(tag, delivery, exc)
+                    sender.settle(settle)
             except KeyboardInterrupt:
                 summary.stopped, summary.stop_reason = "interrupted", "interrupted by a signal"
             finally:
-                for tag, delivery, exc in sender.settle(all_=True):
-                    settle(tag, delivery, exc)
+                sender.settle(settle, all_=True)
     finally:
         sender.close()
         client.close()

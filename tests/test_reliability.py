@@ -233,3 +233,33 @@ def test_log_pii_and_json_format(fake: FakeOptimove, tmp_path: Path) -> None:
     assert any("M000124" in line["message"] for line in lines)
     assert lines[-1]["message"].startswith("push-event run ")
     invoke("--log-format", "xml", "validate-config", expect=ExitCode.USAGE)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_stop_signal_waits_until_the_answers_in_hand_are_recorded(sig: int) -> None:
+    # Once a send leaves the in-flight set only the handler can journal or dead-letter it;
+    # a signal landing inside the handler used to drop the rest of that answer.
+    from optisync.delivery import _Sender, sigterm_as_interrupt
+    from optisync.optimove.outcome import Endpoint
+
+    class Echo:
+        def send(self, endpoint: Endpoint, body: object) -> object:
+            return body
+
+    sender = _Sender(Echo(), workers=1)  # type: ignore[arg-type]
+    handled: list[object] = []
+
+    def handle(tag: object, delivery: object, exc: BaseException | None) -> None:
+        if not handled:
+            os.kill(os.getpid(), sig)  # arrives mid-way through recording
+        handled.append(tag)
+
+    try:
+        with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
+            for i in range(2):
+                sender.submit(Endpoint.EVENTS, i, f"send-{i}")
+            sender.settle(handle)
+        assert handled  # the answer being recorded was recorded in full
+        assert len(handled) + len(sender.inflight) == 2  # nothing left between the two
+    finally:
+        sender.close()
