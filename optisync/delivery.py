@@ -105,6 +105,11 @@ class Summary:
     not_replayable: int = 0
     letters: int = 0
 
+    def stop(self, why: str, reason: str) -> None:
+        """The first reason to stop stays, but an interrupt always shows (exit 130)."""
+        if not self.stopped or why == "interrupted":
+            self.stopped, self.stop_reason = why, reason
+
     def exit_code(self) -> ExitCode:
         if self.stopped == "interrupted":
             return ExitCode.INTERRUPTED
@@ -329,7 +334,9 @@ class Pusher:
                         progress(1)
                 self._flush_all()
             except KeyboardInterrupt:
-                self._stop("interrupted", "interrupted by a signal; in-flight work was finished")
+                self.summary.stop(
+                    "interrupted", "interrupted by a signal; in-flight work was finished"
+                )
             except StorageError:
                 # nothing more can be stored, so nothing more may be acknowledged
                 self.storage_failed = True
@@ -502,7 +509,7 @@ class Pusher:
     def _settle(self, batch: _Batch, delivery: Delivery | None, exc: BaseException | None) -> None:
         if exc is not None:
             if isinstance(exc, OptimoveAuthError):
-                self._stop("auth", exc.message)
+                self.summary.stop("auth", exc.message)
                 error = LetterError(
                     error_class=ErrorClass.AUTH,
                     status=exc.delivery.status,
@@ -543,7 +550,7 @@ class Pusher:
                 self._part_done(message, part)
             return
         if delivery.outcome in {"transient", "rate_limited"}:
-            self._stop(
+            self.summary.stop(
                 "unavailable",
                 f"Optimove unavailable after {delivery.attempts} attempts"
                 f" on {batch.endpoint.value}: {delivery.error or delivery.status}",
@@ -564,11 +571,6 @@ class Pusher:
             )
 
     # -- bookkeeping ---------------------------------------------------------------------
-
-    def _stop(self, why: str, reason: str) -> None:
-        if not self.summary.stopped or why == "interrupted":
-            self.summary.stopped = why
-            self.summary.stop_reason = reason
 
     def _stopped_error(self) -> LetterError:
         why = self.summary.stopped
@@ -769,10 +771,9 @@ def replay(
         failed = exc.delivery if isinstance(exc, OptimoveAuthError) else delivery
         assert failed is not None
         if isinstance(exc, OptimoveAuthError):
-            summary.stopped, summary.stop_reason = "auth", exc.message
-        elif failed.outcome in {"transient", "rate_limited"} and not summary.stopped:
-            summary.stopped = "unavailable"
-            summary.stop_reason = f"Optimove unavailable after {failed.attempts} attempts"
+            summary.stop("auth", exc.message)
+        elif failed.outcome in {"transient", "rate_limited"}:
+            summary.stop("unavailable", f"Optimove unavailable after {failed.attempts} attempts")
         error = LetterError(
             error_class=_ERROR_CLASS.get(failed.outcome, ErrorClass.FATAL),
             status=failed.status,
@@ -792,7 +793,7 @@ def replay(
                     summary.requests += 1
                     sender.settle(settle)
             except KeyboardInterrupt:
-                summary.stopped, summary.stop_reason = "interrupted", "interrupted by a signal"
+                summary.stop("interrupted", "interrupted by a signal")
             finally:
                 sender.settle(settle, all_=True)
     finally:

@@ -263,3 +263,16 @@ def test_a_stop_signal_waits_until_the_answers_in_hand_are_recorded(sig: int) ->
         assert len(handled) + len(sender.inflight) == 2  # nothing left between the two
     finally:
         sender.close()
+
+
+def test_an_interrupt_keeps_its_exit_code_whatever_settles_after_it() -> None:
+    # push and replay share this rule: the first reason to stop stays, an interrupt shows.
+    from optisync.delivery import Summary
+
+    summary = Summary(command="replay", run_id="r")
+    summary.stop("unavailable", "Optimove unavailable after 6 attempts")
+    summary.stop("auth", "401")
+    assert summary.stopped == "unavailable"
+    summary.stop("interrupted", "interrupted by a signal")
+    summary.stop("auth", "401")  # an answer settling after the signal
+    assert summary.exit_code() == ExitCode.INTERRUPTED
