@@ -211,6 +211,34 @@ def _join_on(plan: Plan, left: str, right: str, right_prefix: str = "_k", op: st
     )
 
 
+def full_reason(full: bool, meta: dict[str, str] | None, signature: str) -> str | None:
+    """Why a dataset is exported in full this run (None: incremental)."""
+    if full:
+        return "--full"
+    if meta is None:
+        return "first run"
+    if meta.get("signature") != signature:
+        return "exported columns changed"
+    return None
+
+
+def count_unmapped(con: Any, plan: Plan, summary: BatchSummary) -> None:
+    """EMD keys the config maps to no attribute, counted by name (M9).
+
+    ``con`` is a DuckDB connection or a Snowflake cursor (the SQL is the same in both).
+    """
+    if plan.emd_relation is None:
+        return
+    mapped = ", ".join("'" + k.replace("'", "''") + "'" for k in plan.emd_mapped) or "NULL"
+    name_col = quote(plan.emd_name_column)
+    rows = con.execute(
+        f"SELECT CAST({name_col} AS VARCHAR), COUNT(*) FROM {plan.emd_relation}"
+        f" WHERE {name_col} IS NOT NULL AND {name_col} NOT IN ({mapped}) GROUP BY 1"
+    ).fetchall()
+    for key, n in rows:
+        summary.emd_unmapped[str(key)] += int(n)
+
+
 def _find_held(con: Any, plan: Plan, from_sql: str) -> list[tuple[list[Any], list[Any]]]:
     """Rows with a card-like value: a regex prefilter in SQL, the exact check on candidates.
 
@@ -289,38 +317,20 @@ def _export_dataset(
 ) -> DatasetResult:
     ds = plan.dataset
     meta = state.meta(con, ds)
-    reason = None
-    if full:
-        reason = "--full"
-    elif meta is None:
-        reason = "first run"
-    elif meta.get("signature") != plan.signature:
-        reason = "exported columns changed"
-    elif meta.get("duckdb") != duckdb.__version__:
+    reason = full_reason(full, meta, plan.signature)
+    if reason is None and meta is not None and meta.get("duckdb") != duckdb.__version__:
         reason = "DuckDB version changed (fingerprints differ)"
     result = DatasetResult(ds, "full" if reason else "incremental", reason)
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {quote('typed_' + ds)} AS {plan.typed_sql()}")
-    typed = quote("typed_" + ds)
     out_cols = ", ".join(quote(n) for n in plan.out_names)
     keys_fp = ", ".join([*plan.key_cols(), "_fp"])
-
-    if plan.emd_relation is not None:
-        mapped = ", ".join("'" + k.replace("'", "''") + "'" for k in plan.emd_mapped) or "NULL"
-        name_col = quote(plan.emd_name_column)
-        rows = budget.run(
-            "work",
-            lambda: con.execute(
-                f"SELECT CAST({name_col} AS VARCHAR), count(*) FROM {plan.emd_relation}"
-                f" WHERE {name_col} IS NOT NULL AND {name_col} NOT IN ({mapped}) GROUP BY 1"
-            ).fetchall(),
-        )
-        for key, n in rows:
-            summary.emd_unmapped[str(key)] += int(n)
+    budget.run("work", lambda: count_unmapped(con, plan, summary))
 
     run_stamp = started.strftime("%Y-%m-%d %H:%M:%S")
     # Reading emd pivots it (an aggregate); other datasets stream from the source.
     reading: Step = "work" if plan.emd_relation is not None else "stream"
     if result.mode == "full":
+        typed = quote("typed_" + ds)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {typed} AS {plan.typed_sql()}")
         held = budget.run(reading, lambda: _find_held(con, plan, typed))
         clean = f"SELECT * FROM {typed} t"
         if held:
@@ -654,7 +664,7 @@ def export_batch(
 
             export_snowflake_source(
                 config, names, summary, started=started, full=full, dry_run=dry_run,
-                progress=progress,
+                progress=progress, temp_dir=temp_dir,
             )  # fmt: skip
         else:
             _export_local(

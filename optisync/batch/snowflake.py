@@ -32,6 +32,7 @@ import contextlib
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -556,13 +557,17 @@ def export_snowflake_source(
     full: bool,
     dry_run: bool,
     progress: Any,
+    temp_dir: Path,
 ) -> None:
     """Export the selected datasets of a Snowflake source to files or Snowflake tables."""
     from optisync.batch.export import (
         DatasetResult,
+        _connect,
         _find_held,
         _quarantine,
+        count_unmapped,
         finish_files,
+        full_reason,
     )
     from optisync.batch.plan import make_plan
     from optisync.batch.writer import FileWriter, StagedFile
@@ -587,8 +592,7 @@ def export_snowflake_source(
                 summary.target = target.description
             else:
                 writer = FileWriter.open_for(config, out_dir, summary)
-                duck = duckdb.connect()
-                duck.execute("SET TimeZone = 'UTC'")
+                duck = _connect(config, temp_dir)  # fetched rows spill past memory_limit
         plans = [
             make_plan(
                 None, config, source, n, d, started, dialect=SNOWFLAKE, describe=source.describe
@@ -606,26 +610,10 @@ def export_snowflake_source(
             watermark_mode = dataset.incremental == "watermark"
             signature = plan.signature + ("|incremental=watermark" if watermark_mode else "")
             meta = state.meta(plan.dataset)
-            reason = None
-            if full:
-                reason = "--full"
-            elif meta is None:
-                reason = "first run"
-            elif meta.get("signature") != signature:
-                reason = "exported columns changed"
+            reason = full_reason(full, meta, signature)
             result = DatasetResult(plan.dataset, "full" if reason else "incremental", reason)
             summary.datasets[plan.dataset] = result
-
-            if plan.emd_relation is not None:
-                mapped = ", ".join("'" + k.replace("'", "''") + "'" for k in plan.emd_mapped)
-                name_col = quote(plan.emd_name_column)
-                cur.execute(
-                    f"SELECT CAST({name_col} AS VARCHAR), COUNT(*) FROM {plan.emd_relation}"
-                    f" WHERE {name_col} IS NOT NULL AND {name_col} NOT IN ({mapped or 'NULL'})"
-                    " GROUP BY 1"
-                )
-                for key, n in cur.fetchall():
-                    summary.emd_unmapped[str(key)] += int(n)
+            count_unmapped(cur, plan, summary)
 
             # the delta, as a temporary table in the warehouse
             delta = quote(f"optisync_delta_{plan.dataset}")
@@ -751,5 +739,7 @@ def export_snowflake_source(
             for statements in pending:  # only now: manifest and _SUCCESS are on disk
                 transaction(cur, statements)
     finally:
+        if duck is not None:
+            duck.close()
         with contextlib.suppress(Exception):
             con.close()
