@@ -42,6 +42,7 @@ from pydantic import (
 
 from optisync import __version__
 from optisync.cards import mask_card_numbers, mask_text
+from optisync.durable import fsync_dir
 from optisync.errors import StorageError
 
 __all__ = [
@@ -171,17 +172,6 @@ def _next_counter() -> int:
         return next(_counter) % 1_000_000
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some file systems cannot fsync a directory
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()
@@ -270,7 +260,7 @@ class DeadLetterStore:
             except BaseException:
                 _unlink_quietly(tmp)
                 raise
-            _fsync_dir(self.new_dir)
+            fsync_dir(self.new_dir)
         except OSError as exc:
             raise self._storage_error("write a dead letter", exc) from exc
         return final
@@ -285,7 +275,7 @@ class DeadLetterStore:
             except BaseException:
                 _unlink_quietly(tmp)
                 raise
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as exc:
             raise self._storage_error("update a dead letter", exc) from exc
 
@@ -390,10 +380,10 @@ class DeadLetterStore:
             if archive:
                 self._ensure_dir(self.archive_dir)
                 path.replace(self.archive_dir / path.name)
-                _fsync_dir(self.archive_dir)
+                fsync_dir(self.archive_dir)
             else:
                 path.unlink()
-            _fsync_dir(self.new_dir)
+            fsync_dir(self.new_dir)
         except FileNotFoundError:
             return False
         except OSError as exc:
@@ -427,7 +417,7 @@ class DeadLetterStore:
         removed += self._purge_by_mtime(self.archive_dir, cutoff.timestamp())
         if removed:
             try:
-                _fsync_dir(self.new_dir)
+                fsync_dir(self.new_dir)
             except OSError as exc:
                 raise self._storage_error("purge old dead letters", exc) from exc
         return removed

@@ -9,16 +9,15 @@ and renames it into place only after its manifest and ``_SUCCESS`` are on disk.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import duckdb
 
+from optisync.batch.writer import TMP_PREFIX
+from optisync.durable import fsync_dir, fsync_file
 from optisync.errors import StorageError
 
 __all__ = ["StateStore"]
-
-TMP_PREFIX = ".tmp-"
 
 
 def _lit(text: str) -> str:
@@ -78,17 +77,9 @@ class StateStore:
 
     def commit(self, tmp: Path, dataset: str) -> None:
         try:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(tmp)
             tmp.replace(self.path(dataset))
-            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(self.dir)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()

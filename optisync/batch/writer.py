@@ -25,14 +25,15 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import duckdb
 
 from optisync.config import Config
+from optisync.durable import fsync_dir, fsync_file
 from optisync.errors import StorageError
 
-__all__ = ["FileWriter", "PublishedFile", "StagedFile", "Writer", "atomic_write"]
+__all__ = ["FileWriter", "PublishedFile", "StagedFile", "atomic_write"]
 
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
@@ -71,45 +72,6 @@ class PublishedFile:
         }
 
 
-class Writer(Protocol):
-    """Where a run's rows go. A Snowflake target (issue 6) implements the same steps."""
-
-    def prepare(self) -> None:
-        """Clear leftovers of crashed runs; mark the run's folder as in progress."""
-
-    def stage(
-        self, con: duckdb.DuckDBPyConnection, dataset: str, kind: Kind, select_sql: str
-    ) -> tuple[int, list[StagedFile]]:
-        """Write the rows of ``select_sql`` out of sight; return (rows, staged files)."""
-
-    def publish(
-        self,
-        staged: list[StagedFile],
-        con: duckdb.DuckDBPyConnection | None = None,
-        totals: dict[tuple[str, Kind], int] | None = None,
-    ) -> list[PublishedFile]:
-        """Make staged files visible (atomic rename), with their rows and sha256."""
-
-    def finish(self, run: dict[str, Any], files: list[PublishedFile]) -> Path:
-        """Record the run in the manifest, then write the completion marker last."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``path`` under a hidden temporary name in its folder, fsync, rename."""
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
@@ -119,7 +81,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         tmp.replace(path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -201,7 +163,7 @@ class FileWriter:
                     if hidden_tmp or orphan:
                         item.unlink()
             (self.root / SUCCESS).unlink(missing_ok=True)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except OSError as exc:
             raise StorageError(
                 f"cannot prepare {self.root}: {exc.strerror or exc}",
@@ -341,7 +303,7 @@ class FileWriter:
                     final = item.tmp.with_name(
                         f"{dataset}-{self.run_id}{tail}-{n:04d}{self.suffix}"
                     )
-                    _fsync_file(item.tmp)
+                    fsync_file(item.tmp)
                     size = item.tmp.stat().st_size
                     rows = item.rows if item.rows is not None else counted.get(item.tmp)
                     if rows is None:
@@ -352,7 +314,7 @@ class FileWriter:
                         )
                     )
                     item.tmp.replace(final)
-                _fsync_dir(self.root / dataset)
+                fsync_dir(self.root / dataset)
         except OSError as exc:
             raise StorageError(
                 f"cannot publish files in {self.root}: {exc.strerror or exc}",
