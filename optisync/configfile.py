@@ -174,13 +174,16 @@ def _compose_recovering(text: str, src: Source) -> yaml.Node | None:
     return None
 
 
-def _construct(node: yaml.Node, loc: Loc, src: Source) -> Any:
+def _construct(
+    node: yaml.Node, loc: Loc, src: Source, loader: yaml.SafeLoader | None = None
+) -> Any:
+    loader = loader or yaml.SafeLoader("")  # one per file: building one costs ~10 µs
     src.lines.setdefault(loc, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.SafeLoader(" ").construct_object(key_node)  # scalar keys only
-            if not isinstance(key, str | int | float | bool) or key is None:
+            key = loader.construct_object(key_node)  # scalar keys only
+            if not isinstance(key, str | int | float | bool):
                 src.add(loc, "mapping keys must be plain scalars")
                 continue
             key = str(key)
@@ -195,11 +198,10 @@ def _construct(node: yaml.Node, loc: Loc, src: Source) -> Any:
                     )
                 )
             src.lines[child] = key_node.start_mark.line + 1
-            out[key] = _construct(value_node, child, src)
+            out[key] = _construct(value_node, child, src, loader)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(item, (*loc, i), src) for i, item in enumerate(node.value)]
-    loader = yaml.SafeLoader("")
+        return [_construct(item, (*loc, i), src, loader) for i, item in enumerate(node.value)]
     try:
         return loader.construct_object(node)
     except yaml.YAMLError as exc:
