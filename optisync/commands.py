@@ -18,11 +18,10 @@ from typing import IO, Any
 
 from pydantic import SecretStr
 
-from optisync.config import Config
+from optisync.config import TARGET_KINDS, Config
 from optisync.configfile import find_config, load_config
 from optisync.deadletter import DeadLetterStore, Kind
 from optisync.delivery import (
-    TARGETS,
     Pusher,
     ReplayFilter,
     Summary,
@@ -192,10 +191,10 @@ def push_event(
     """
     source.check_usage()
     if only:
-        unknown = sorted(set(only) - set(TARGETS))
+        unknown = sorted(set(only) - set(TARGET_KINDS))
         if unknown:
             raise UsageError(
-                f"--only {unknown[0]}: not a target", hint=f"one of: {', '.join(TARGETS)}"
+                f"--only {unknown[0]}: not a target", hint=f"one of: {', '.join(TARGET_KINDS)}"
             )
     path = find_config(config_path)
     config = load_config(path)

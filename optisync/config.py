@@ -213,7 +213,8 @@ class Template(Strict):
 
 # --- routing ----------------------------------------------------------------------------
 
-TARGET_KINDS = ("events", "attributes", "opt_in", "promotions", "email")
+TARGET_KINDS = ("events", "attributes", "opt_in", "promotions", "email")  # in sending order
+MAX_CONTEXT_PARAMS = 50  # Optimove's limit of parameters per server-side event
 
 
 class Condition(Strict):

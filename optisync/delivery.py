@@ -54,7 +54,6 @@ if TYPE_CHECKING:
     from optisync.optin import OptInRegister
 
 log = logging.getLogger("optisync.delivery")
-TARGETS = ("events", "attributes", "opt_in", "email", "promotions")
 _ERROR_CLASS = {
     "fatal": ErrorClass.FATAL,
     "transient": ErrorClass.TRANSIENT,

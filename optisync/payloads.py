@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from optisync.config import Config, Mapping, Template
+from optisync.config import MAX_CONTEXT_PARAMS, Config, Mapping, Template
 from optisync.deadletter import Kind
 from optisync.events import Envelope, EventType, resolve
 from optisync.localize import MemberLocale, format_value
@@ -23,7 +23,6 @@ from optisync.optimove.formats import timestamp_for_optimove
 from optisync.optimove.outcome import Endpoint
 
 MAX_STRING = 255
-MAX_CONTEXT_PARAMS = 50
 MAX_ATTRIBUTES_PER_CUSTOMER = 10
 MAX_CUSTOMERS_PER_CALL = 1000
 OPT_IN_EVENT = "opt_in_email"

@@ -12,10 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from optisync.config import Condition, Rule
+from optisync.config import TARGET_KINDS, Condition, Rule
 from optisync.events import Envelope, resolve
-
-TARGET_ORDER = ("events", "attributes", "opt_in", "promotions", "email")
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,7 @@ def route(envelope: Envelope, rules: list[Rule]) -> Route:
         if all(matches(envelope, cond) for cond in rule.where):
             matched.append(rule.name or f"rules[{index}]")
             targets.extend(t for t in rule.to if t not in targets)
-    targets.sort(key=lambda t: TARGET_ORDER.index(t.partition(":")[0]))
+    targets.sort(key=lambda t: TARGET_KINDS.index(t.partition(":")[0]))
     return Route(tuple(targets), tuple(matched))
 
 

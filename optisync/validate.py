@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from optisync.config import (
+    MAX_CONTEXT_PARAMS,
     SNAKE,
     TARGET_KINDS,
     Config,
@@ -22,7 +23,6 @@ from optisync.config import (
 from optisync.configfile import Loc, Problem, Source, lenient, read_source, validate_source
 from optisync.events import EventType, has_path
 
-MAX_CONTEXT_PARAMS = 50
 _PREFIXED_TAG = re.compile(r"\b(TRANS|EVENT):([A-Za-z0-9_]+)")
 _TAG_START = re.compile(r"\[%\s*([A-Za-z][A-Za-z0-9_]*(?::[A-Za-z0-9_]*)*)")
 _MODIFIERS = ("UPPER:", "LOWER:", "TITLE_CASE:")
