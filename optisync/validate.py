@@ -55,7 +55,7 @@ class Report:
             "file": str(self.path),
             "valid": self.ok,
             "strict": self.strict,
-            "errors": sum(p.severity == "error" for p in self.problems),
+            "errors": len(self.errors),
             "warnings": len(self.warnings),
             "problems": [p.as_dict() for p in self.problems],
         }
@@ -65,7 +65,8 @@ def validate_config(path: Path, *, strict: bool = False) -> Report:
     """Run every check on the config file at ``path`` and return all problems found."""
     src = read_source(path)
     config = validate_source(src) if src.data else None
-    check(src, config if config is not None else lenient(src))
+    if src.lines or not src.errors:  # a file that did not parse at all has nothing to check
+        check(src, config if config is not None else lenient(src))
     src.problems.sort(key=lambda p: (p.file != str(path), p.line or 0))
     return Report(path, src.problems, strict)
 
@@ -131,13 +132,7 @@ def _attributes(src: Source, config: Config) -> None:
         if not attr.source:
             src.add((*loc, "source"), "a realtime attribute needs a source (e.g. data.tier)")
             continue
-        for kind in attr.events:
-            if not has_path(kind, attr.source):
-                src.add(
-                    (*loc, "source"),
-                    f"'{attr.source}' is not a field of {kind.value} events",
-                    hint=_path_hint(kind, attr.source),
-                )
+        _fields_exist(src, (*loc, "source"), attr.source, attr.events)
     for i, attr in enumerate(config.attributes.batch):
         if attr.events:
             src.add(
@@ -171,14 +166,20 @@ def _path_hint(kind: EventType, path: str) -> str:
     return f"did you mean '{close[0]}'?" if close else "run 'optisync schema events' for fields"
 
 
-def _source_ok(src: Source, loc: Loc, mapping: Mapping, kinds: list[EventType]) -> None:
+def _fields_exist(src: Source, loc: Loc, path: str, kinds: list[EventType]) -> None:
+    """``path`` must be a field of every one of ``kinds``; each miss is reported at ``loc``."""
     for kind in kinds:
-        if not has_path(kind, mapping.source):
+        if not has_path(kind, path):
             src.add(
-                (*loc, "source") if _is_long_form(src, loc) else loc,
-                f"'{mapping.source}' is not a field of {kind.value} events",
-                hint=_path_hint(kind, mapping.source),
+                loc,
+                f"'{path}' is not a field of {kind.value} events",
+                hint=_path_hint(kind, path),
             )
+
+
+def _source_ok(src: Source, loc: Loc, mapping: Mapping, kinds: list[EventType]) -> None:
+    where = (*loc, "source") if _is_long_form(src, loc) else loc
+    _fields_exist(src, where, mapping.source, kinds)
 
 
 def _is_long_form(src: Source, loc: Loc) -> bool:
@@ -341,13 +342,7 @@ def check_routing(src: Source, config: Config) -> None:
                         )
         for j, cond in enumerate(rule.where):
             cloc: Loc = (*loc, "where", j)
-            for t in rule.types:
-                if not has_path(t, cond.field):
-                    src.add(
-                        (*cloc, "field"),
-                        f"'{cond.field}' is not a field of {t.value} events",
-                        hint=_path_hint(t, cond.field),
-                    )
+            _fields_exist(src, (*cloc, "field"), cond.field, rule.types)
             if cond.op in {"in", "not_in"} and not isinstance(cond.value, list):
                 src.add((*cloc, "value"), f"op '{cond.op}' needs a list value")
             if cond.op in {"gt", "gte", "lt", "lte", "eq", "ne"} and cond.value is None:

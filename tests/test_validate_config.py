@@ -488,3 +488,18 @@ def test_missing_api_key_is_a_warning(write_config: WriteConfig) -> None:
         f"{path}:1: optimove: warning: no api_key: sends will fail\n"
         "  hint: api_key: ${OPTIMOVE_API_KEY}"
     ]
+
+
+def test_strict_counts_its_warnings_as_errors_in_json(write_config: WriteConfig) -> None:
+    path = write_config(TEMPLATE_BASE, {"receipt.html": "<p>[%TRANS:POINTS%]</p>"})
+    result = invoke("--json", "validate-config", "--strict", str(path), expect=ExitCode.CONFIG)
+    report = json.loads(result.stdout)
+    assert (report["valid"], report["errors"], report["warnings"]) == (False, 1, 1)
+
+
+def test_a_file_that_does_not_parse_reports_only_that(tmp_path: Path) -> None:
+    path = tmp_path / "optisync.yaml"
+    path.write_text("events: [unclosed\n", encoding="utf-8")
+    report = validate_config(path)
+    assert len(report.problems) == 1 and report.problems[0].line == 1
+    assert "warning" not in " ".join(p.render() for p in report.problems)
