@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -249,35 +249,37 @@ class DeadLetterStore:
 
         Raises StorageError when the folder is unwritable or full; nothing is left behind.
         """
-        data = letter.masked().to_json()
         name = self._new_name(letter)
-        tmp = self.tmp_dir / name
         final = self.new_dir / name
-        try:
-            _write_file(tmp, data)
-            try:
-                tmp.rename(final)
-            except BaseException:
-                _unlink_quietly(tmp)
-                raise
-            fsync_dir(self.new_dir)
-        except OSError as exc:
-            raise self._storage_error("write a dead letter", exc) from exc
+        self._put(self.tmp_dir / name, letter, final, "write a dead letter", Path.rename)
         return final
 
     def _rewrite(self, path: Path, letter: DeadLetter) -> None:
-        """Atomically replace the letter at ``path`` (tmp file, fsync, os.replace)."""
+        """Atomically replace the letter at ``path``."""
         tmp = self.tmp_dir / f"{path.stem}.rewrite-{os.getpid()}-{_next_counter()}.json"
+        self._put(tmp, letter, path, "update a dead letter", Path.replace)
+
+    def _put(
+        self,
+        tmp: Path,
+        letter: DeadLetter,
+        final: Path,
+        action: str,
+        move: Callable[[Path, Path], Path],
+    ) -> None:
+        """Write ``letter`` (masked) to ``tmp``, fsync, ``move`` it to ``final`` (a new name
+        is renamed, an update replaces), fsync the folder; on failure nothing is left
+        behind and a StorageError names ``action``."""
         try:
             _write_file(tmp, letter.masked().to_json())
             try:
-                tmp.replace(path)
+                move(tmp, final)
             except BaseException:
                 _unlink_quietly(tmp)
                 raise
-            fsync_dir(path.parent)
+            fsync_dir(final.parent)
         except OSError as exc:
-            raise self._storage_error("update a dead letter", exc) from exc
+            raise self._storage_error(action, exc) from exc
 
     def record_failure(
         self,
