@@ -186,8 +186,10 @@ class Envelope(BaseModel):
     @classmethod
     def _typed_data(cls, value: Any, info: Any) -> Any:
         kind = info.data.get("type")
-        if kind is None or isinstance(value, Data):
+        if isinstance(value, Data):
             return value
+        if kind is None:  # the type is wrong: that is the one error, not every data key
+            return Data.model_construct()
         if not isinstance(value, dict):
             raise ValueError("data must be a JSON object")
         return DATA_MODELS[kind].model_validate(value)  # a StrEnum hashes as its value

@@ -97,3 +97,20 @@ def test_schema_command_prints_every_type() -> None:
     for model in DATA_MODELS.values():
         assert model.__name__ in schema["$defs"]
     assert schema["required"] == ["type", "member_id", "occurred_at", "data"]
+
+
+def test_an_unknown_type_is_the_only_error_reported() -> None:
+    import pydantic
+
+    from optisync.events import parse_envelope
+
+    with pytest.raises(pydantic.ValidationError) as err:
+        parse_envelope(
+            {
+                "type": "NOPE",
+                "member_id": "M1",
+                "occurred_at": "2026-01-01T00:00:00Z",
+                "data": {"tier": "Gold"},
+            }
+        )
+    assert [e["loc"] for e in err.value.errors()] == [("type",)]
