@@ -148,8 +148,8 @@ def validate_config_cmd(
 
     Example: optisync validate-config examples/optisync.yaml
     """
-    from optisync.configfile import find_config
-    from optisync.validate import validate_config
+    from optisync.config import validate_config
+    from optisync.config.source import find_config
 
     out = _output(ctx)
     report = validate_config(find_config(path or out.config), strict=strict)
@@ -171,8 +171,8 @@ Only = Annotated[
     list[str] | None,
     typer.Option(
         "--only",
-        help="Send only to these targets (repeatable): events, attributes, opt_in, email,"
-        " promotions.",
+        help="Send only to these targets (repeatable): events, attributes, opt_in, promotions,"
+        " email.",
     ),
 ]
 Wait = Annotated[
@@ -216,7 +216,7 @@ def push_event_cmd(
 
     Example: optisync push-event --input examples/events.ndjson --dry-run
     """
-    from optisync.commands import EventSource, push_event
+    from optisync.commands.realtime import EventSource, push_event
 
     out = _output(ctx)
     source = EventSource(
@@ -265,8 +265,8 @@ def replay_cmd(
     """
     from datetime import UTC
 
-    from optisync.commands import replay_letters
-    from optisync.delivery import ReplayFilter
+    from optisync.commands.realtime import replay_letters
+    from optisync.realtime.delivery import ReplayFilter
 
     out = _output(ctx)
     if since is not None and since.tzinfo is None:
@@ -448,7 +448,7 @@ def sandbox_cmd(
 
 
 def _render(out: Output, summary: Any) -> None:
-    from optisync.commands import raise_for
+    from optisync.commands.realtime import raise_for
 
     if out.json:
         out.emit_json(summary.as_dict())

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from optisync import commands
 from optisync.cli import app
-from optisync.config import Config
+from optisync.commands import realtime as commands
+from optisync.config.models import Config
 from optisync.errors import ExitCode
 from optisync.optimove.client import OptimoveClient
 

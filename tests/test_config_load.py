@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from optisync.config import optimove_type
-from optisync.configfile import load_config
+from optisync.config import load_config
+from optisync.config.models import optimove_type
 from optisync.errors import ConfigError
 
 from .conftest import WriteConfig

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from optisync.deadletter import DeadLetterStore
+from optisync.realtime.deadletter import DeadLetterStore
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
 
 from .conftest import report, tier_or_redemption

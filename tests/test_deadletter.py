@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from optisync import __version__
-from optisync.deadletter import (
+from optisync.errors import ExitCode, StorageError
+from optisync.realtime.deadletter import (
     DeadLetter,
     DeadLetterStore,
     ErrorClass,
@@ -23,7 +24,6 @@ from optisync.deadletter import (
     LetterSource,
     Problem,
 )
-from optisync.errors import ExitCode, StorageError
 
 VISA = "4111111111111111"
 T0 = datetime(2026, 11, 25, 15, 15, tzinfo=UTC)
@@ -222,7 +222,7 @@ def test_corrupt_file_is_reported_and_skipped(
     binary.write_bytes(b"\xff\xfe\x00")
     store.write(make_letter(id="last"))
     problems: list[Problem] = []
-    with caplog.at_level(logging.WARNING, logger="optisync.deadletter"):
+    with caplog.at_level(logging.WARNING, logger="optisync.realtime.deadletter"):
         got = [letter.id for _, letter in store.iter_letters(problems=problems)]
     assert got == ["first", "last"]
     assert [p.path for p in problems] == [bad, wrong, binary]
@@ -323,7 +323,7 @@ def test_tmp_files_never_count_as_letters(store: DeadLetterStore) -> None:
         (errno.EROFS, "read-only"),
     ],
 )
-@pytest.mark.parametrize("fail_in", ["write", "open", "rename", "fsync"])
+@pytest.mark.parametrize("fail_in", ["write", "open", "replace", "fsync"])
 def test_storage_errors_name_the_folder_and_leave_nothing(
     store: DeadLetterStore,
     monkeypatch: pytest.MonkeyPatch,

@@ -39,12 +39,12 @@ def test_0_ok(write_config: WriteConfig) -> None:
 def test_1_internal_error_hides_traceback_unless_verbose(
     monkeypatch: pytest.MonkeyPatch, write_config: WriteConfig
 ) -> None:
-    from optisync import validate
+    from optisync import config
 
     def boom(*_: object, **__: object) -> None:
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(validate, "validate_config", boom)
+    monkeypatch.setattr(config, "validate_config", boom)
     path = str(write_config("{}"))
     result = invoke("validate-config", path, expect=ExitCode.INTERNAL)
     assert "internal error: ZeroDivisionError: division by zero" in result.stderr

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from optisync.configfile import load_config
-from optisync.deadletter import DeadLetterStore
+from optisync.config import load_config
 from optisync.events import parse_envelope
-from optisync.payloads import plan_message
-from optisync.routing import route
+from optisync.realtime.deadletter import DeadLetterStore
+from optisync.realtime.payloads import plan_message
+from optisync.realtime.routing import route
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
 from optisync.sandbox.templates import templates_from_config
 

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from optisync.deadletter import DeadLetterStore
 from optisync.errors import ExitCode
-from optisync.inputs import MAX_LINE_BYTES, check, read_ndjson
+from optisync.realtime.deadletter import DeadLetterStore
+from optisync.realtime.inputs import MAX_LINE_BYTES, check, read_ndjson
 
 from .conftest import EXAMPLES, invoke, report
 

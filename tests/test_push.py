@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from optisync.deadletter import DeadLetterStore
 from optisync.errors import ExitCode
+from optisync.realtime.deadletter import DeadLetterStore
 
 from .conftest import EXAMPLES, KEY, FakeOptimove, invoke
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from optisync import deadletter
-from optisync.deadletter import DeadLetterStore
 from optisync.errors import ExitCode
-from optisync.journal import Journal, journal_path
+from optisync.realtime import deadletter
+from optisync.realtime.deadletter import DeadLetterStore
+from optisync.realtime.journal import Journal, journal_path
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
 
 from .conftest import EXAMPLES, ROOT, FakeOptimove, invoke, use_sandbox
@@ -239,8 +239,8 @@ def test_log_pii_and_json_format(fake: FakeOptimove, tmp_path: Path) -> None:
 def test_a_stop_signal_waits_until_the_answers_in_hand_are_recorded(sig: int) -> None:
     # Once a send leaves the in-flight set only the handler can journal or dead-letter it;
     # a signal landing inside the handler used to drop the rest of that answer.
-    from optisync.delivery import _Sender, sigterm_as_interrupt
     from optisync.optimove.outcome import Endpoint
+    from optisync.realtime.delivery import _Sender, sigterm_as_interrupt
 
     class Echo:
         def send(self, endpoint: Endpoint, body: object) -> object:
@@ -267,7 +267,7 @@ def test_a_stop_signal_waits_until_the_answers_in_hand_are_recorded(sig: int) ->
 
 def test_an_interrupt_keeps_its_exit_code_whatever_settles_after_it() -> None:
     # push and replay share this rule: the first reason to stop stays, an interrupt shows.
-    from optisync.delivery import Summary
+    from optisync.realtime.delivery import Summary
 
     summary = Summary(command="replay", run_id="r")
     summary.stop("unavailable", "Optimove unavailable after 6 attempts")

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from optisync.deadletter import DeadLetterStore
 from optisync.errors import ExitCode
+from optisync.realtime.deadletter import DeadLetterStore
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
 
 from .conftest import invoke, tier_or_redemption

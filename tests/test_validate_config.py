@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from optisync.config import validate_config
+from optisync.config.checks import template_tags
 from optisync.errors import ExitCode
-from optisync.validate import template_tags, validate_config
 
 from .conftest import WriteConfig, invoke
 

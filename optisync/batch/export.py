@@ -38,10 +38,10 @@ from optisync.batch.plan import (
 )
 from optisync.batch.source import make_source, quote
 from optisync.batch.state import StateStore
-from optisync.batch.writer import FileWriter, PublishedFile, StagedFile, atomic_write
+from optisync.batch.writer import FileWriter, PublishedFile, StagedFile, write_file
 from optisync.cards import mask_text
-from optisync.config import Config
-from optisync.configfile import find_config, load_config
+from optisync.config import find_config, load_config
+from optisync.config.models import Config
 from optisync.errors import (
     ConfigError,
     DeadlineMissed,
@@ -275,7 +275,7 @@ def _quarantine(
         out.writerow(["" if v is None else v for v in masked])
     path = root / "_quarantine" / run_date / f"{plan.dataset}-{run_id}.csv.gz"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, gzip.compress(buffer.getvalue().encode("utf-8"), mtime=0))
+    write_file(path, gzip.compress(buffer.getvalue().encode("utf-8"), mtime=0))
     return path
 
 
@@ -677,7 +677,7 @@ def export_batch(
             summary.warnings.append(f"EMD keys not mapped to attributes (not exported): {keys}")
     summary.seconds = time.monotonic() - clock
     if not dry_run:
-        atomic_write(
+        write_file(
             state.dir / LAST_RUN,
             json.dumps({"run_id": run_id, "seconds": summary.seconds}).encode("utf-8"),
         )

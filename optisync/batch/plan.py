@@ -18,7 +18,7 @@ from typing import get_args
 import duckdb
 
 from optisync.batch.source import Source, quote
-from optisync.config import Attribute, Config, Dataset, DatasetName
+from optisync.config.models import Attribute, Config, Dataset, DatasetName
 from optisync.errors import ConfigError
 
 __all__ = [

@@ -40,7 +40,7 @@ import duckdb
 from optisync import __version__
 from optisync.batch.plan import LAST_UPDATED, SNOWFLAKE, Plan
 from optisync.batch.source import quote
-from optisync.config import SNOWFLAKE_NAME, Config, SnowflakeSettings
+from optisync.config.models import SNOWFLAKE_NAME, Config, SnowflakeSettings
 from optisync.errors import ConfigError, UnavailableError
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import duckdb
 
-from optisync.config import BatchSource, Config
+from optisync.config.models import BatchSource, Config
 from optisync.errors import ConfigError
 
 __all__ = ["DuckDBFileSource", "FolderSource", "Source", "make_source", "quote"]

@@ -8,13 +8,11 @@ and renames it into place only after its manifest and ``_SUCCESS`` are on disk.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import duckdb
 
-from optisync.batch.writer import TMP_PREFIX
-from optisync.durable import fsync_dir, fsync_file
+from optisync.durable import TMP_PREFIX, publish
 from optisync.errors import StorageError
 
 __all__ = ["StateStore"]
@@ -77,12 +75,8 @@ class StateStore:
 
     def commit(self, tmp: Path, dataset: str) -> None:
         try:
-            fsync_file(tmp)
-            tmp.replace(self.path(dataset))
-            fsync_dir(self.dir)
+            publish(tmp, self.path(dataset))
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise StorageError(
                 f"cannot save the state of {dataset} in {self.dir}: {exc.strerror or exc}",
                 hint="the export is complete; the next run exports the same rows again",

@@ -29,15 +29,14 @@ from typing import Any, Literal
 
 import duckdb
 
-from optisync.config import Config
-from optisync.durable import fsync_dir, fsync_file
+from optisync.config.models import Config
+from optisync.durable import TMP_PREFIX, atomic_write, fsync_dir, fsync_file
 from optisync.errors import StorageError
 
-__all__ = ["FileWriter", "PublishedFile", "StagedFile", "atomic_write"]
+__all__ = ["FileWriter", "PublishedFile", "StagedFile", "write_file"]
 
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
-TMP_PREFIX = ".tmp-"
 ROW_GROUP_BYTES = "4MB"  # Parquet output: the most one row group holds before it is written
 
 Kind = Literal["rows", "deletes"]
@@ -72,19 +71,11 @@ class PublishedFile:
         }
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``path`` under a hidden temporary name in its folder, fsync, rename."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+def write_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` crash-safely; a failure is a StorageError naming the file."""
     try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-        fsync_dir(path.parent)
+        atomic_write(path, data, mode=0o666)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise StorageError(
             f"cannot write {path}: {exc.strerror or exc}",
             hint="check that the folder exists, is writable and has space",
@@ -337,8 +328,8 @@ class FileWriter:
             "runs": runs,
         }
         text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-        atomic_write(self.manifest_path, text.encode("utf-8"))
-        atomic_write(self.root / SUCCESS, b"")
+        write_file(self.manifest_path, text.encode("utf-8"))
+        write_file(self.root / SUCCESS, b"")
         return self.manifest_path
 
 

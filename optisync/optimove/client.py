@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from tenacity import RetryCallState
 
-    from optisync.config import OptimoveSettings
+    from optisync.config.models import OptimoveSettings
 
 log = logging.getLogger("optisync.optimove")
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from typing import Self
 
-    from optisync.config import RateLimit
+    from optisync.config.models import RateLimit
 
 # Below this a computed wait is float noise, not time worth sleeping (the margin covers it).
 _EPSILON = 1e-9

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from optisync.configfile import load_config
-from optisync.validate import template_tags
+from optisync.config import load_config
+from optisync.config.checks import template_tags
 
 
 def templates_from_config(path: Path) -> dict[int, frozenset[str]]:

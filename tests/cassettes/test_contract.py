@@ -16,7 +16,7 @@ import httpx
 import pytest
 import vcr
 
-from optisync.config import OptimoveSettings
+from optisync.config.models import OptimoveSettings
 from optisync.optimove.client import OptimoveAuthError, OptimoveClient
 
 HERE = Path(__file__).parent / "data"

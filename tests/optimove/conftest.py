@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from optisync.config import OptimoveSettings
+from optisync.config.models import OptimoveSettings
 from optisync.optimove import OptimoveClient
 
 API_KEY = "key-SECRET-0123456789abcdef"

@@ -1,10 +1,11 @@
-"""pydantic models of optisync.yaml (design.md §4) and how a file becomes a ``Config``.
+"""pydantic models of optisync.yaml: what each section and key may hold.
 
-The section names are part of the product contract; the keys inside are documented, one
-comment per key, in ``examples/optisync.yaml``.
+The section names are part of the product contract (docs/config.md); the keys inside are
+documented, one comment per key, in ``examples/optisync.yaml``.
 """
 
 import re
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -213,7 +214,25 @@ class Template(Strict):
 
 # --- routing ----------------------------------------------------------------------------
 
-TARGET_KINDS = ("events", "attributes", "opt_in", "promotions", "email")  # in sending order
+
+class Target(StrEnum):
+    """Where a routed message goes; a routing rule names ``email:<template>`` for mail.
+
+    Declared in sending order: a member's event reaches Optimove before the attributes and
+    mail that depend on it.
+    """
+
+    EVENTS = "events"
+    ATTRIBUTES = "attributes"
+    OPT_IN = "opt_in"
+    PROMOTIONS = "promotions"
+    EMAIL = "email"
+
+    @classmethod
+    def listing(cls) -> str:
+        return ", ".join(t.value for t in cls)
+
+
 MAX_CONTEXT_PARAMS = 50  # Optimove's limit of parameters per server-side event
 
 

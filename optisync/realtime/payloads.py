@@ -15,12 +15,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from optisync.config import MAX_CONTEXT_PARAMS, Config, Mapping, Template
-from optisync.deadletter import Kind
+from optisync.config.models import MAX_CONTEXT_PARAMS, Config, Mapping, Template
 from optisync.events import Envelope, EventType, resolve
-from optisync.localize import MemberLocale, format_value
 from optisync.optimove.formats import timestamp_for_optimove
 from optisync.optimove.outcome import Endpoint
+from optisync.realtime.deadletter import Kind
+from optisync.realtime.localize import MemberLocale, format_value
 
 MAX_STRING = 255
 MAX_ATTRIBUTES_PER_CUSTOMER = 10

@@ -8,19 +8,16 @@ their mappings, mapping sources against the event models, routing targets, local
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from optisync.config import (
+from optisync.config.models import (
     MAX_CONTEXT_PARAMS,
     SNAKE,
-    TARGET_KINDS,
     Config,
     Mapping,
+    Target,
     Template,
 )
-from optisync.configfile import Loc, Problem, Source, lenient, read_source, validate_source
+from optisync.config.source import Loc, Source
 from optisync.events import EventType, has_path
 
 _PREFIXED_TAG = re.compile(r"\b(TRANS|EVENT):([A-Za-z0-9_]+)")
@@ -30,45 +27,6 @@ _MODIFIERS = ("UPPER:", "LOWER:", "TITLE_CASE:")
 _BUILTIN_WORDS = frozenset(
     {"IF", "ELSEIF", "ELSE", "END", "CURRENT_DATE", "TOMORROW_DATE", "CURRENT_TIME"}
 )
-
-
-@dataclass
-class Report:
-    path: Path
-    problems: list[Problem]
-    strict: bool = False
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error" or self.strict]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "file": str(self.path),
-            "valid": self.ok,
-            "strict": self.strict,
-            "errors": len(self.errors),
-            "warnings": len(self.warnings),
-            "problems": [p.as_dict() for p in self.problems],
-        }
-
-
-def validate_config(path: Path, *, strict: bool = False) -> Report:
-    """Run every check on the config file at ``path`` and return all problems found."""
-    src = read_source(path)
-    config = validate_source(src) if src.data else None
-    if src.lines or not src.errors:  # a file that did not parse at all has nothing to check
-        check(src, config if config is not None else lenient(src))
-    src.problems.sort(key=lambda p: (p.file != str(path), p.line or 0))
-    return Report(path, src.problems, strict)
 
 
 def check(src: Source, config: Config) -> None:
@@ -317,11 +275,11 @@ def check_routing(src: Source, config: Config) -> None:
         for j, target in enumerate(rule.to):
             kind, _, name = target.partition(":")
             tloc: Loc = (*loc, "to", j)
-            if kind not in TARGET_KINDS or (kind == "email") != bool(name):
+            if kind not in set(Target) or (kind == "email") != bool(name):
                 src.add(
                     tloc,
                     f"unknown target '{target}'",
-                    hint="one of: events, attributes, opt_in, promotions, email:<template>",
+                    hint=f"one of: {Target.listing()}:<template>",
                 )
             elif kind == "email" and name not in config.templates:
                 from difflib import get_close_matches

@@ -15,7 +15,7 @@ from optisync.events import Money
 if TYPE_CHECKING:
     from babel import Locale
 
-    from optisync.config import Format
+    from optisync.config.models import Format
 
 
 @lru_cache(maxsize=256)

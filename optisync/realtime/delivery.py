@@ -25,8 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from optisync import logs
-from optisync.config import Config
-from optisync.deadletter import (
+from optisync.config.models import Config
+from optisync.errors import ExitCode, StorageError
+from optisync.optimove.client import OptimoveAuthError, OptimoveClient, encode_body
+from optisync.optimove.outcome import Delivery, Endpoint
+from optisync.realtime.deadletter import (
     DeadLetter,
     DeadLetterStore,
     ErrorClass,
@@ -34,12 +37,9 @@ from optisync.deadletter import (
     LetterError,
     LetterSource,
 )
-from optisync.errors import ExitCode, StorageError
-from optisync.inputs import Record
-from optisync.journal import Journal
-from optisync.optimove.client import OptimoveAuthError, OptimoveClient, encode_body
-from optisync.optimove.outcome import Delivery, Endpoint
-from optisync.payloads import (
+from optisync.realtime.inputs import Record
+from optisync.realtime.journal import Journal
+from optisync.realtime.payloads import (
     MAX_CUSTOMERS_PER_CALL,
     InvalidMessage,
     Part,
@@ -48,12 +48,12 @@ from optisync.payloads import (
     pack_transactional,
     plan_message,
 )
-from optisync.routing import route
+from optisync.realtime.routing import route
 
 if TYPE_CHECKING:
-    from optisync.optin import OptInRegister
+    from optisync.realtime.optin import OptInRegister
 
-log = logging.getLogger("optisync.delivery")
+log = logging.getLogger(__name__)
 _ERROR_CLASS = {
     "fatal": ErrorClass.FATAL,
     "transient": ErrorClass.TRANSIENT,

@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -42,7 +42,7 @@ from pydantic import (
 
 from optisync import __version__
 from optisync.cards import mask_card_numbers, mask_text
-from optisync.durable import fsync_dir
+from optisync.durable import atomic_write, fsync_dir
 from optisync.errors import StorageError
 
 __all__ = [
@@ -177,24 +177,6 @@ def _unlink_quietly(path: Path) -> None:
         path.unlink()
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Create ``path`` (0600, must not exist), write ``data``, fsync; remove it on failure."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-    try:
-        try:
-            os.fchmod(fd, FILE_MODE)  # the umask cannot widen it, but be explicit
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        _unlink_quietly(path)
-        raise
-
-
 class DeadLetterStore:
     """A dead-letter folder. Safe against crashes; see the module docstring for layout.
 
@@ -249,35 +231,19 @@ class DeadLetterStore:
 
         Raises StorageError when the folder is unwritable or full; nothing is left behind.
         """
-        name = self._new_name(letter)
-        final = self.new_dir / name
-        self._put(self.tmp_dir / name, letter, final, "write a dead letter", Path.rename)
+        final = self.new_dir / self._new_name(letter)
+        self._put(letter, final, "write a dead letter")
         return final
 
     def _rewrite(self, path: Path, letter: DeadLetter) -> None:
         """Atomically replace the letter at ``path``."""
-        tmp = self.tmp_dir / f"{path.stem}.rewrite-{os.getpid()}-{_next_counter()}.json"
-        self._put(tmp, letter, path, "update a dead letter", Path.replace)
+        self._put(letter, path, "update a dead letter")
 
-    def _put(
-        self,
-        tmp: Path,
-        letter: DeadLetter,
-        final: Path,
-        action: str,
-        move: Callable[[Path, Path], Path],
-    ) -> None:
-        """Write ``letter`` (masked) to ``tmp``, fsync, ``move`` it to ``final`` (a new name
-        is renamed, an update replaces), fsync the folder; on failure nothing is left
-        behind and a StorageError names ``action``."""
+    def _put(self, letter: DeadLetter, final: Path, action: str) -> None:
+        """Write ``letter`` (masked) to ``final`` through ``tmp/``; on failure nothing is
+        left behind and a StorageError names ``action``."""
         try:
-            _write_file(tmp, letter.masked().to_json())
-            try:
-                move(tmp, final)
-            except BaseException:
-                _unlink_quietly(tmp)
-                raise
-            fsync_dir(final.parent)
+            atomic_write(final, letter.masked().to_json(), tmp_dir=self.tmp_dir, mode=FILE_MODE)
         except OSError as exc:
             raise self._storage_error(action, exc) from exc
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from optisync.config import TARGET_KINDS, Condition, Rule
+from optisync.config.models import Condition, Rule, Target
 from optisync.events import Envelope, resolve
 
 
@@ -36,7 +36,7 @@ def route(envelope: Envelope, rules: list[Rule]) -> Route:
         if all(matches(envelope, cond) for cond in rule.where):
             matched.append(rule.name or f"rules[{index}]")
             targets.extend(t for t in rule.to if t not in targets)
-    targets.sort(key=lambda t: TARGET_KINDS.index(t.partition(":")[0]))
+    targets.sort(key=lambda t: list(Target).index(Target(t.partition(":")[0])))
     return Route(tuple(targets), tuple(matched))
 
 

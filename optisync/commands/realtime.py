@@ -18,17 +18,8 @@ from typing import IO, Any
 
 from pydantic import SecretStr
 
-from optisync.config import TARGET_KINDS, Config
-from optisync.configfile import find_config, load_config
-from optisync.deadletter import DeadLetterStore, Kind
-from optisync.delivery import (
-    Pusher,
-    ReplayFilter,
-    Summary,
-    config_hash,
-    new_run_id,
-    replay,
-)
+from optisync.config import find_config, load_config
+from optisync.config.models import Config, Target
 from optisync.errors import (
     AuthError,
     ExitCode,
@@ -38,11 +29,20 @@ from optisync.errors import (
     UnavailableError,
     UsageError,
 )
-from optisync.inputs import Record, check, decode, read_ndjson
-from optisync.journal import Journal, journal_path
 from optisync.lock import RunLock
 from optisync.optimove.client import OptimoveClient
 from optisync.optimove.quota import SharedQuota, quota_path
+from optisync.realtime.deadletter import DeadLetterStore, Kind
+from optisync.realtime.delivery import (
+    Pusher,
+    ReplayFilter,
+    Summary,
+    config_hash,
+    new_run_id,
+    replay,
+)
+from optisync.realtime.inputs import Record, check, decode, read_ndjson
+from optisync.realtime.journal import Journal, journal_path
 
 Progress = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
 
@@ -191,10 +191,10 @@ def push_event(
     """
     source.check_usage()
     if only:
-        unknown = sorted(set(only) - set(TARGET_KINDS))
+        unknown = sorted(set(only) - set(Target))
         if unknown:
             raise UsageError(
-                f"--only {unknown[0]}: not a target", hint=f"one of: {', '.join(TARGET_KINDS)}"
+                f"--only {unknown[0]}: not a target", hint=f"one of: {Target.listing()}"
             )
     path = find_config(config_path)
     config = load_config(path)
@@ -211,7 +211,7 @@ def push_event(
         if any(t.kind == "triggered" and t.delivery == "api" for t in config.templates.values()):
             register_path = config.path(config.optimove.state_dir) / "opt-in.sqlite3"
             if not dry_run or register_path.exists():
-                from optisync.optin import OptInRegister  # sqlite3, only when needed
+                from optisync.realtime.optin import OptInRegister  # sqlite3, only when needed
 
                 register = OptInRegister(register_path)
                 stack.callback(register.close)

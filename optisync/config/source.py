@@ -17,7 +17,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from optisync.config import SECTIONS, AttributesSection, Config, RoutingSection
+from optisync.config.models import SECTIONS, AttributesSection, Config, RoutingSection
 from optisync.errors import ConfigError
 
 Severity = Literal["error", "warning"]
@@ -452,25 +452,3 @@ def _step(annotation: Any, part: str | int) -> Any:
     if origin is list:
         return get_args(annotation)[0]
     return None
-
-
-def load_config(path: Path | None = None, environ: AbcMapping[str, str] | None = None) -> Config:
-    """Load and validate a config for a command; raise ``ConfigError`` listing every error.
-
-    Structure and routing are required here (a wrong routing target would fail every
-    message, not just one); ``validate-config`` runs the full checks.
-    """
-    src = read_source(find_config(path), environ)
-    config = validate_source(src) if not src.errors else None
-    if config is not None:
-        from optisync.validate import check_routing  # it imports this module
-
-        check_routing(src, config)
-    if src.errors or config is None:
-        problems = [p.render() for p in src.errors]
-        raise ConfigError(
-            f"config {src.path} is invalid ({len(problems)} problem(s))",
-            hint=f"run: optisync validate-config {src.path}",
-            problems=problems,
-        )
-    return config

@@ -1,0 +1,1 @@
+"""One function per command: load the config, build the engine, run it, raise the outcome."""
