@@ -1,4 +1,4 @@
-"""Card-number detection and masking (design.md M12).
+"""Card-number detection and masking.
 
 No value that looks like a payment card number may be sent to Optimove or stored by
 optisync. "Looks like" is decided on *runs*:

@@ -1,7 +1,7 @@
 """The one exception tree of optisync, each class owning its documented exit code.
 
-The exit codes are a public API (design.md §2): cron jobs and scripts branch on them.
-They are mapped to the process exit status in exactly one place, ``cli.main``.
+The exit codes are a public API (docs/exit-codes.md): cron jobs and scripts branch on them.
+They are mapped to the process exit status in exactly one place, ``cli.OptisyncGroup``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The input envelope (design.md §3) and the typed ``data`` model of each loyalty event."""
+"""The input envelope (docs/envelope.md) and the typed ``data`` model of each loyalty event."""
 
 import hashlib
 import json

@@ -1,4 +1,4 @@
-"""A local stand-in for Optimove's APIs on loopback (design.md §7).
+"""A local stand-in for Optimove's APIs on loopback.
 
 For the README quick start, the tests and the benchmarks; never a substitute in production.
 Paths are case-insensitive and may carry a ``/current`` prefix; JSON in and out.

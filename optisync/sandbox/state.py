@@ -4,7 +4,7 @@
 ``Reply``. The HTTP layer in ``server.py`` only reads requests and writes replies, so the whole
 behaviour lives here behind one lock.
 
-Authentication (design.md §7, optimove-api.md §1.2):
+Authentication, as Optimove documents it:
 
 * Every REST path and every ``/_sandbox/...`` inspection path needs the ``X-API-KEY`` header
   (name case-insensitive): missing -> 401, wrong -> 403.

@@ -1,4 +1,4 @@
-"""Pure payload checks of the sandbox, one function per endpoint (optimove-api.md §2-§6).
+"""Pure payload checks of the sandbox, one function per endpoint, as Optimove documents them.
 
 Each ``check_*`` function returns ``None`` when the payload is acceptable, else a plain,
 human-readable reason. They never raise on bad input and never look at headers.
@@ -40,7 +40,7 @@ def _nonempty_str(value: object) -> bool:
 
 
 def check_event(event: object, tenant_id: int, enforce_limits: bool) -> str | None:
-    """Validate one server-side event envelope (optimove-api.md §2.2, §2.3)."""
+    """Validate one server-side event envelope (Optimove's event gateway rules)."""
     if not isinstance(event, dict):
         return "an event must be a JSON object"
     unknown = sorted(set(event) - EVENT_FIELDS)
@@ -130,7 +130,7 @@ def check_events_body(body: object, tenant_id: int, enforce_limits: bool) -> str
 
 
 def check_update_attributes(body: object, enforce_limits: bool) -> str | None:
-    """Validate an UpdateCustomerAttributes body (optimove-api.md §3.1)."""
+    """Validate an UpdateCustomerAttributes body."""
     if not isinstance(body, dict):
         return "body must be a JSON object"
     customers = body.get("CustomerNewAttributesValuesList")
@@ -167,7 +167,7 @@ def check_update_attributes(body: object, enforce_limits: bool) -> str | None:
 
 
 def check_transactional(body: object, enforce_limits: bool) -> str | None:
-    """Validate a SendTransactionalMail body (optimove-api.md §4.1)."""
+    """Validate a SendTransactionalMail body."""
     if not isinstance(body, dict):
         return "body must be a JSON object"
     if not _is_int(body.get("TemplateID")):
@@ -224,7 +224,7 @@ def missing_tags(body: dict[str, object], required: frozenset[str]) -> list[str]
 
 
 def check_promotions(body: object, enforce_limits: bool, *, need_name: bool) -> str | None:
-    """Validate an AddPromotions (``need_name``) or DeletePromotions body (§6)."""
+    """Validate an AddPromotions (``need_name``) or DeletePromotions body."""
     if not isinstance(body, list) or not body:
         return "body must be a non-empty JSON array"
     if enforce_limits and len(body) > MAX_PROMOTIONS:
@@ -248,7 +248,7 @@ def is_email(value: object) -> bool:
 
 
 def check_add_unsubscribers(body: object, enforce_limits: bool) -> str | None:
-    """Validate an AddUnsubscribers body (§3.5); bad addresses answer ``Invalid email``."""
+    """Validate an AddUnsubscribers body; bad addresses answer ``Invalid email``."""
     if not isinstance(body, dict) or not _is_int(body.get("BrandId")):
         return "BrandId must be an integer"
     emails = body.get("EmailAddresses")
