@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from optisync.errors import AuthError, ConfigError, ExitCode
-from optisync.optimove import Delivery, OptimoveAuthError, OptimoveClient
+from optisync.optimove.client import OptimoveAuthError, OptimoveClient
+from optisync.optimove.outcome import Delivery
 
 from .conftest import API_KEY, EVENTS_TOKEN, EVENTS_URL, FakeClock, Recorder, make_settings
 
