@@ -161,9 +161,10 @@ class OptimoveClient:
             from optisync.optimove.transport import default_transport
 
             transport = default_transport(settings.concurrency)
-        # The transport is driven directly (no httpx.Client): the client layer's URL merging,
-        # cookie jar and redirect logic cost more CPU per request than the HTTP exchange, and
-        # optisync needs none of them. Redirects are never followed, so the key stays home.
+        # The transport is driven directly (an httpx.Client only behind a proxy): the client
+        # layer's URL merging, cookie jar and redirect logic cost more CPU per request than
+        # the HTTP exchange, and optisync needs none of them. Redirects are never followed,
+        # so the key stays home.
         self._transport = transport
         self._timeout = {
             "connect": settings.timeouts.connect,

@@ -46,3 +46,8 @@ MAX_CONTEXT_PARAMS: Final = 50
 MAX_STRING: Final = 255
 #: Custom member attributes Optimove holds for one tenant, real-time and batch together.
 MAX_CUSTOM_ATTRIBUTES: Final = 50
+
+# -- batch files -------------------------------------------------------------------------
+
+#: Size of one batch file Optimove ingests, in MB.
+MAX_BATCH_FILE_MB: Final = 1024

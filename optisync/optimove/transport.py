@@ -29,6 +29,8 @@ from urllib.request import getproxies
 
 import httpx
 
+from optisync.errors import ConfigError
+
 
 def environment_names_a_proxy() -> bool:
     """Whether httpx, trusting the environment, would send anything through a proxy."""
@@ -148,7 +150,14 @@ class EnvironmentTransport(httpx.BaseTransport):
 
     def __init__(self, connections: int = 4) -> None:
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        self._client = httpx.Client(trust_env=True, limits=limits, follow_redirects=False)
+        try:
+            self._client = httpx.Client(trust_env=True, limits=limits, follow_redirects=False)
+        except (ValueError, ImportError) as exc:
+            # httpx refuses a proxy scheme it cannot speak (socks without socksio, ftp...)
+            raise ConfigError(
+                f"the proxy named in the environment cannot be used: {exc}",
+                hint="check HTTP_PROXY, HTTPS_PROXY and ALL_PROXY (and their lowercase forms)",
+            ) from None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         return self._client.send(request)

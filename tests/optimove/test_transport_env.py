@@ -4,6 +4,7 @@ and the CA bundle of ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` (against a private CA 
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from optisync.config import OptimoveSettings
+from optisync.errors import ConfigError, ExitCode
 from optisync.optimove.client import OptimoveClient
 from optisync.optimove.outcome import Endpoint
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
@@ -144,6 +146,18 @@ def test_no_proxy_is_decided_per_host(
         event = c.send(Endpoint.EVENTS, {"tenant": 1, "event": "x", "customer": "C1"})
     assert event.status is not None  # answered by the sandbox, whatever its verdict
     assert proxy.seen == [f"POST {events_url}"]
+
+
+@pytest.mark.parametrize("proxy_url", ["ftp://127.0.0.1:21", "socks5://127.0.0.1:1080"])
+def test_a_proxy_httpx_cannot_use_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, proxy_url: str
+) -> None:
+    if proxy_url.startswith("socks") and importlib.util.find_spec("socksio") is not None:
+        pytest.skip("socksio is installed: httpx can use a socks proxy")
+    monkeypatch.setenv("ALL_PROXY", proxy_url)
+    with pytest.raises(ConfigError, match="proxy named in the environment") as info:
+        client("http://127.0.0.1:9")
+    assert info.value.exit_code is ExitCode.CONFIG
 
 
 def test_timeouts_apply_through_the_proxy(
