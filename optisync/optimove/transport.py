@@ -33,7 +33,10 @@ from optisync.errors import ConfigError
 
 
 def environment_names_a_proxy() -> bool:
-    """Whether httpx, trusting the environment, would send anything through a proxy."""
+    """Whether the environment names a proxy for a scheme httpx proxies (http, https, all).
+
+    ``NO_PROXY`` is left to httpx, which applies it URL by URL.
+    """
     proxies = getproxies()
     return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
 
@@ -49,8 +52,9 @@ class KeepAliveTransport(httpx.BaseTransport):
         self._tls: ssl.SSLContext | None = None
 
     def _tls_context(self) -> ssl.SSLContext:
-        # Built on the first https connection from the environment of that moment, as an
-        # httpx transport builds its context when it is made.
+        # httpx builds its context with the transport; this one waits for the first https
+        # connection, so plain-http runs never pay for loading a CA bundle. The environment
+        # is read then, by httpx's own function.
         with self._lock:
             if self._tls is None:
                 self._tls = httpx.create_ssl_context()
