@@ -111,7 +111,8 @@ class SlotStore(Protocol):
         ...
 
     def wait_for_release(self, mark: int, at_most: float, sleep: Callable[[float], None]) -> None:
-        """Wait, for ``at_most`` seconds or less, until a slot is released after ``mark``."""
+        """Wait ``at_most`` seconds or less for a release after ``mark``; the limiter looks
+        again either way. A store that cannot be notified polls with ``sleep``."""
         ...
 
 
