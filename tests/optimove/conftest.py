@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from optisync.config.models import OptimoveSettings
-from optisync.optimove import OptimoveClient
+from optisync.optimove.client import OptimoveClient
 
 API_KEY = "key-SECRET-0123456789abcdef"
 EVENTS_TOKEN = "token-SECRET-fedcba9876543210"
