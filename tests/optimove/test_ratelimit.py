@@ -6,8 +6,7 @@ import time
 import pytest
 
 from optisync.optimove.ratelimit import Permit, RateLimiter, UnlimitedLimiter
-
-from .conftest import FakeClock
+from tests.support import FakeClock
 
 
 def assert_never_more_than(n: int, window: float, times: list[float]) -> None:
