@@ -9,8 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from optisync.events import DATA_MODELS, EventType, has_path, parse_envelope
-
-from .conftest import EXAMPLES, invoke
+from tests.support import EXAMPLES, invoke
 
 
 def sample(**over: Any) -> dict[str, Any]:

@@ -13,8 +13,7 @@ import pytest
 from optisync.errors import AuthError, ConfigError, ExitCode
 from optisync.optimove.client import OptimoveAuthError, OptimoveClient
 from optisync.optimove.outcome import Delivery, Endpoint
-
-from .conftest import API_KEY, EVENTS_TOKEN, EVENTS_URL, FakeClock, Recorder, make_settings
+from tests.support import API_KEY, EVENTS_TOKEN, EVENTS_URL, FakeClock, Recorder, make_settings
 
 MakeClient = Callable[..., OptimoveClient]
 

@@ -10,8 +10,7 @@ import pytest
 
 from optisync.optimove.quota import FileSlots
 from optisync.optimove.ratelimit import Permit, RateLimiter, UnlimitedLimiter
-
-from .conftest import FakeClock
+from tests.support import FakeClock
 
 MakeLimiter = Callable[..., RateLimiter]
 

@@ -16,8 +16,7 @@ from optisync.errors import ConfigError, ExitCode
 from optisync.optimove.client import OptimoveClient
 from optisync.optimove.outcome import Endpoint
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
-
-from .loopback import ForwardingProxy, PrivateCA, TLSFront, make_private_ca
+from tests.optimove.loopback import ForwardingProxy, PrivateCA, TLSFront, make_private_ca
 
 KEY = "env-key"
 PROMOS = [{"PromoCode": "P1", "PromotionName": "x"}]
