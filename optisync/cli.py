@@ -141,24 +141,46 @@ def validate_config_cmd(
         typer.Argument(help="Config file (default: --config, $OPTISYNC_CONFIG, ./optisync.yaml)."),
     ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as errors.")] = False,
+    online: Annotated[
+        bool,
+        typer.Option(
+            "--online",
+            help="Also check against the Optimove account: attributes, template ids and tags"
+            " (needs the API key).",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", min=1.0, help="Seconds --online may take, retries included."),
+    ] = 30.0,
 ) -> None:
     """Check a config file and report every problem with its file:line and key.
 
-    Exits 0 when valid (warnings allowed unless --strict), 3 when not.
+    Exits 0 when valid (warnings allowed unless --strict), 3 when not; with --online, 5 when
+    Optimove refuses the key and 6 when it cannot be reached (the offline report still
+    printed).
 
-    Example: optisync validate-config examples/optisync.yaml
+    Example: optisync validate-config examples/optisync.yaml --online
     """
-    from optisync.config import validate_config
+    from optisync.commands.validate import validate
     from optisync.config.source import find_config
 
     out = _output(ctx)
-    report = validate_config(find_config(path or out.config), strict=strict)
+    config_path = find_config(path or out.config)
+    result = validate(config_path, strict=strict, online=online, timeout=timeout)
+    report = result.report
     if out.json:
-        out.emit_json(report.as_dict())
+        out.emit_json(result.as_dict())
     else:
         for problem in report.problems:
             if problem.severity == "error" or not out.quiet:
                 out.line(problem.render())
+    if result.failure is not None:
+        if not report.ok:
+            # a config error outranks the failed online check; both are shown
+            out.error(result.failure.message, result.failure.hint)
+        else:
+            raise result.failure
     if not report.ok:
         raise ConfigError(
             f"{report.path}: {len(report.errors)} error(s), {len(report.warnings)} warning(s)"
@@ -412,6 +434,14 @@ def sandbox_cmd(
         Path | None,
         typer.Option("--templates-from", help="Learn transactional templates from this config."),
     ] = None,
+    attributes: Annotated[
+        str | None,
+        typer.Option(
+            "--attributes",
+            help="The account's custom attributes, comma-separated (default: those the"
+            " --templates-from config declares).",
+        ),
+    ] = None,
 ) -> None:
     """Serve a local stand-in for Optimove's APIs on loopback, for trials and tests.
 
@@ -420,10 +450,17 @@ def sandbox_cmd(
     from optisync.sandbox import Faults, SandboxConfig, serve
 
     templates = None
+    catalog = None
+    names = [n.strip() for n in attributes.split(",") if n.strip()] if attributes else None
     if config_templates is not None:
-        from optisync.sandbox.templates import templates_from_config
+        from optisync.sandbox.catalog import catalog_from_config
 
-        templates = templates_from_config(config_templates)
+        catalog = catalog_from_config(config_templates, names)
+        templates = catalog.tags_by_id()
+    elif names is not None:
+        from optisync.sandbox.catalog import Catalog
+
+        catalog = Catalog(tuple(names))
     faults = Faults(
         error_rate=error_rate,
         burst_429=burst_429,
@@ -443,6 +480,7 @@ def sandbox_cmd(
         faults=faults,
         record_path=record,
         keep_received=keep,
+        catalog=catalog,
     )
     serve(config, host, port)
 

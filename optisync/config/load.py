@@ -6,6 +6,7 @@ to be right, ``validate-config`` runs every check and reports every problem.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Mapping as AbcMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,14 @@ from typing import Any
 
 from optisync.config.checks import check, check_routing
 from optisync.config.models import Config
-from optisync.config.source import Problem, find_config, lenient, read_source, validate_source
+from optisync.config.source import (
+    Problem,
+    Source,
+    find_config,
+    lenient,
+    read_source,
+    validate_source,
+)
 from optisync.errors import ConfigError
 
 
@@ -46,12 +54,23 @@ class Report:
         }
 
 
-def validate_config(path: Path, *, strict: bool = False) -> Report:
-    """Run every check on the config file at ``path`` and return all problems found."""
+def validate_config(
+    path: Path,
+    *,
+    strict: bool = False,
+    more: Callable[[Source, Config], None] | None = None,
+) -> Report:
+    """Run every check on the config file at ``path`` and return all problems found.
+
+    ``more`` runs after the offline checks on the same file and config (``--online``).
+    """
     src = read_source(path)
     config = validate_source(src) if src.data else None
     if src.lines or not src.errors:  # a file that did not parse at all has nothing to check
-        check(src, config if config is not None else lenient(src))
+        checked = config if config is not None else lenient(src)
+        check(src, checked)
+        if more is not None:
+            more(src, checked)
     src.problems.sort(key=lambda p: (p.file != str(path), p.line or 0))
     return Report(path, src.problems, strict)
 

@@ -106,6 +106,15 @@ class _Route:
     url: str
     limiter: Limiter
     transactional: bool = False
+    method: str = "POST"
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """The result of a GET: how it went, and the decoded JSON when it went well."""
+
+    delivery: Delivery
+    data: Any
 
 
 class OptimoveClient:
@@ -217,6 +226,58 @@ class OptimoveClient:
             raise OptimoveAuthError.from_delivery(delivery)
         return delivery
 
+    def fetch(
+        self, endpoint: Endpoint | str, params: dict[str, str | int] | None = None
+    ) -> Fetched:
+        """GET a read-only ``endpoint`` with the API key, the general quota and retries.
+
+        ``data`` is the decoded JSON answer when ``delivery.ok``, else ``None``.
+
+        Raises:
+            ConfigError: the API key is not configured.
+            OptimoveAuthError: Optimove answered 401/403.
+        """
+        route = self._route(Endpoint(endpoint))
+        url = route.url
+        if params:
+            from urllib.parse import urlencode
+
+            url += "?" + urlencode(params, safe="$")
+        route = _Route(route.endpoint, url, route.limiter, method="GET")
+        headers = self._headers(route, b"")
+        started = self._clock()
+        answers: list[bytes] = []
+        first = self._attempt(route, b"", headers, answers)
+        outcome, attempts = first, 1
+        if first.retryable and self._settings.retry.max_attempts > 1:
+            outcome, attempts = self._retry(route, b"", headers, first, started, answers)
+        delivery = Delivery(
+            ok=outcome.kind in ACCEPTED,
+            status=outcome.status,
+            outcome=outcome.kind,
+            error=self._redact(outcome.error),
+            attempts=attempts,
+            endpoint=route.endpoint.value,
+            body=b"",
+        )
+        if delivery.outcome == "auth":
+            raise OptimoveAuthError.from_delivery(delivery)
+        data: Any = None
+        if delivery.ok:
+            try:
+                data = json.loads(answers[-1]) if answers and answers[-1].strip() else None
+            except ValueError:
+                delivery = Delivery(
+                    ok=False,
+                    status=delivery.status,
+                    outcome="fatal",
+                    error="the answer is not JSON",
+                    attempts=attempts,
+                    endpoint=delivery.endpoint,
+                    body=b"",
+                )
+        return Fetched(delivery, data)
+
     def _retry(
         self,
         route: _Route,
@@ -224,6 +285,7 @@ class OptimoveClient:
         headers: dict[str, str],
         first: Outcome,
         started: float,
+        answers: list[bytes] | None = None,
     ) -> tuple[Outcome, int]:
         from tenacity import Retrying, retry_if_result, wait_random_exponential
 
@@ -233,7 +295,7 @@ class OptimoveClient:
         def attempt() -> Outcome:
             nonlocal attempts
             attempts += 1
-            return first if attempts == 1 else self._attempt(route, content, headers)
+            return first if attempts == 1 else self._attempt(route, content, headers, answers)
 
         jitter = wait_random_exponential(multiplier=policy.base_delay, max=policy.max_delay)
 
@@ -274,23 +336,33 @@ class OptimoveClient:
         outcome: Outcome = retrying(attempt)
         return outcome, attempts
 
-    def _attempt(self, route: _Route, content: bytes, headers: dict[str, str]) -> Outcome:
+    def _attempt(
+        self,
+        route: _Route,
+        content: bytes,
+        headers: dict[str, str],
+        answers: list[bytes] | None = None,
+    ) -> Outcome:
         # The permit is held until the answer is in, so the limiter can count from then.
         with route.limiter.acquire():
             try:
-                response = self._post(route.url, content, headers)
+                response = self._post(route.url, content, headers, route.method)
             except httpx.TransportError as exc:
                 return classify_exception(exc)
+        if answers is not None:
+            answers.append(response.content)
         return classify(response, transactional=route.transactional)
 
-    def _post(self, url: str, content: bytes, headers: dict[str, str]) -> httpx.Response:
+    def _post(
+        self, url: str, content: bytes, headers: dict[str, str], method: str = "POST"
+    ) -> httpx.Response:
         if self._closed:
             raise RuntimeError("the Optimove client is closed")
         target = self._urls.get(url)
         if target is None:
             target = self._urls[url] = httpx.URL(url)
         request = httpx.Request(
-            "POST",
+            method,
             target,
             headers={**self._base_headers, **headers},
             content=content,

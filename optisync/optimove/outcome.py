@@ -41,6 +41,10 @@ class Endpoint(StrEnum):
     ADD_PROMOTIONS = "/Integrations/AddPromotions"
     ADD_UNSUBSCRIBERS = "/Optimail/AddUnsubscribers"
     DELETE_UNSUBSCRIBERS = "/Optimail/DeleteUnsubscribers"
+    # read-only calls (GET), for checking a config against the account
+    GET_CUSTOMER_ATTRIBUTE_LIST = "/current/model/GetCustomerAttributeList"
+    GET_TEMPLATE_DETAILS = "/current/transactionalmail/GetTemplateDetails"
+    GET_UNSUBSCRIBERS = "/current/optimail/GetUnsubscribers"
 
 
 @dataclass(frozen=True)

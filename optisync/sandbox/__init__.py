@@ -9,6 +9,8 @@ Paths are case-insensitive and may carry a ``/current`` prefix; JSON in and out.
 ``POST /TransactionalMail/SendTransactionalMail``      200 / 206 / 409 / "Invalid template"
 ``POST /Integrations/AddPromotions``, ``DeletePromotions``, ``GET GetPromotions``
 ``POST /Optimail/AddUnsubscribers``, ``DeleteUnsubscribers``, ``GET GetUnsubscribers``
+``GET /model/GetCustomerAttributeList``               the catalog's attributes
+``GET /TransactionalMail/GetTemplateDetails``          the catalog's (or known) templates
 ``GET /_sandbox/received?kind=``, ``GET /_sandbox/stats``, ``POST /_sandbox/reset``,
 ``GET|POST /_sandbox/faults``                          inspection: key required, no faults
 =====================================================  ======================================

@@ -46,6 +46,7 @@ from typing import IO, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from optisync.sandbox import validation as v
+from optisync.sandbox.catalog import Catalog
 
 KINDS = ("events", "attributes", "transactional", "promotions", "unsubscribe", "resubscribe")
 """Kinds of accepted (recorded) requests, as returned in ``received()`` records."""
@@ -135,6 +136,7 @@ class SandboxConfig:
     faults: Faults = field(default_factory=Faults)
     record_path: Path | None = None  # when set, append every accepted request as JSON line
     keep_received: int | None = None  # keep only the last N accepted requests; None = all
+    catalog: Catalog | None = None  # the account's attributes and template details
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, str) or not self.api_key:
@@ -230,6 +232,8 @@ ROUTES: dict[str, Route] = {
     "/optimail/addunsubscribers": Route("POST", "add_unsubscribers", "general"),
     "/optimail/deleteunsubscribers": Route("POST", "delete_unsubscribers", "general"),
     "/optimail/getunsubscribers": Route("GET", "get_unsubscribers", "general"),
+    "/model/getcustomerattributelist": Route("GET", "get_attribute_list", "general"),
+    "/transactionalmail/gettemplatedetails": Route("GET", "get_template_details", "general"),
 }
 INSPECTION: dict[str, frozenset[str]] = {
     "/_sandbox/received": frozenset({"GET"}),
@@ -615,6 +619,27 @@ class SandboxState:
         if end:
             rows = [r for r in rows if r["UnsubscribedTime"][:10] <= end]
         return _json(200, rows[max(skip, 0) : max(skip, 0) + 10_000])
+
+    def _do_get_attribute_list(self, path: str, query: str, body: Any) -> Reply:
+        catalog = self.config.catalog or Catalog()
+        return _json(200, catalog.attribute_list())
+
+    def _do_get_template_details(self, path: str, query: str, body: Any) -> Reply:
+        if self.config.catalog is not None:
+            return _json(200, self.config.catalog.template_details())
+        known = self.config.templates or {}
+        return _json(
+            200,
+            [
+                {
+                    "TemplateID": tid,
+                    "TemplateName": f"template {tid}",
+                    "TemplateContent": "",
+                    "TemplateAttributes": sorted(tags),
+                }
+                for tid, tags in sorted(known.items())
+            ],
+        )
 
     # -- inspection ----------------------------------------------------------------------
 

@@ -1,0 +1,115 @@
+"""``validate-config``: the offline checks, and with ``--online`` the account's view too.
+
+The account is read with two GET calls (its attributes, its transactional templates) through
+the same client as every send: the API key, the shared quota, retries, within a time budget.
+Whatever happens online, the offline report is complete; a failure to reach or be let into
+Optimove is kept beside it for the caller to exit with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optisync.config import Config, Report, validate_config
+from optisync.config.models import Timeouts
+from optisync.config.online import Account, check_online
+from optisync.config.source import Source
+from optisync.errors import OptisyncError, RefusedError, UnavailableError
+from optisync.optimove.outcome import Endpoint
+
+#: Seconds ``--online`` waits for the account by default, retries included.
+DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass
+class Validation:
+    report: Report
+    online: bool = False
+    failure: OptisyncError | None = None
+    account: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = self.report.as_dict()
+        if self.online:
+            data["online"] = {
+                "checked": self.failure is None and bool(self.account),
+                "error": self.failure.message if self.failure is not None else None,
+                **self.account,
+            }
+        return data
+
+
+def validate(
+    path: Path, *, strict: bool = False, online: bool = False, timeout: float = DEFAULT_TIMEOUT
+) -> Validation:
+    """Check the config at ``path``; with ``online``, against the Optimove account too."""
+    if not online:
+        return Validation(validate_config(path, strict=strict))
+    failure: OptisyncError | None = None
+    counts: dict[str, int] = {}
+
+    def against_account(src: Source, config: Config) -> None:
+        if not config.optimove.secret("api_key"):
+            src.add(
+                ("optimove", "api_key"),
+                "--online needs the API key to read the account",
+                hint="set OPTIMOVE_API_KEY (or optimove.api_key_file)",
+            )
+            return
+        nonlocal failure
+        try:
+            account = fetch_account(config, timeout)
+        except OptisyncError as exc:
+            failure = exc
+            return
+        counts.update(attributes=len(account.attributes), templates=len(account.templates))
+        check_online(src, config, account)
+
+    report = validate_config(path, strict=strict, more=against_account)
+    return Validation(report, online=True, failure=failure, account=counts)
+
+
+def fetch_account(config: Config, timeout: float) -> Account:
+    """The account's attributes and transactional templates, read once within ``timeout``.
+
+    Raises:
+        OptimoveAuthError: the API key was refused (exit 5).
+        RefusedError: Optimove refused a call or answered something unreadable (exit 5).
+        UnavailableError: Optimove did not answer in time (exit 6).
+    """
+    from optisync.commands import realtime
+
+    settings = config.optimove
+    bounded = settings.model_copy(
+        update={
+            "timeouts": Timeouts(
+                connect=min(settings.timeouts.connect, timeout),
+                read=min(settings.timeouts.read, timeout),
+            ),
+            "retry": settings.retry.model_copy(update={"max_total_seconds": timeout}),
+        }
+    )
+    answers = []
+    with realtime.client_factory_for(config.model_copy(update={"optimove": bounded}))() as client:
+        for endpoint in (Endpoint.GET_CUSTOMER_ATTRIBUTE_LIST, Endpoint.GET_TEMPLATE_DETAILS):
+            fetched = client.fetch(endpoint)
+            delivery = fetched.delivery
+            if not delivery.ok:
+                what = f"{endpoint.value}: {delivery.error or delivery.outcome}"
+                if delivery.outcome in ("transient", "rate_limited"):
+                    raise UnavailableError(
+                        f"Optimove did not answer {what}",
+                        hint=f"check optimove.api_url ({settings.api_url}) and the network;"
+                        " the offline checks above still hold",
+                    )
+                raise RefusedError(
+                    f"Optimove refused {what}",
+                    hint="check optimove.api_url and that the API key may read the account",
+                )
+            answers.append(fetched.data)
+    try:
+        return Account.from_optimove(answers[0], answers[1])
+    except ValueError as exc:
+        raise RefusedError(f"Optimove's answer is not understood: {exc}") from None

@@ -1,0 +1,201 @@
+"""validate-config --online against the live sandbox: the account's attributes and templates."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from optisync.errors import ExitCode
+from optisync.sandbox import Sandbox, SandboxConfig
+from optisync.sandbox.catalog import Catalog, TemplateDetail, catalog_from_config
+from tests.support import invoke
+
+KEY = "sandbox-key-online"
+
+
+def line_of(path: Path, text: str) -> int:
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if text in line:
+            return number
+    raise AssertionError(f"{text!r} not in {path}")
+
+
+@pytest.fixture
+def config(example_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("OPTIMOVE_API_KEY", KEY)
+    monkeypatch.setenv("OPTIMOVE_EVENTS_TOKEN", "token")
+    monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__BASE_DELAY", "0.001")
+    monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__MAX_DELAY", "0.01")
+    return example_dir / "optisync.yaml"
+
+
+def serve(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
+    with Sandbox(SandboxConfig(api_key=KEY, catalog=catalog)) as box:
+        monkeypatch.setenv("OPTIMOVE_API_URL", box.url)
+        yield box
+
+
+def test_a_clean_account_passes_and_is_read_with_two_calls(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for box in serve(catalog_from_config(config), monkeypatch):
+        result = invoke("--json", "validate-config", str(config), "--online")
+        assert box.stats["requests"] == 2
+    data = json.loads(result.stdout)
+    assert data["valid"] is True
+    assert data["errors"] == 0
+    assert data["online"]["checked"] is True
+    assert data["online"]["templates"] == 8
+    assert not [p for p in data["problems"] if "Optimove" in p["message"]]
+
+
+def test_an_attribute_the_account_lacks_is_an_error_with_the_nearest_name(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = catalog_from_config(config)
+    renamed = tuple("TierExpiryDate" if a == "TierExpiry" else a for a in full.attributes)
+    for _ in serve(dataclasses.replace(full, attributes=renamed), monkeypatch):
+        result = invoke("validate-config", str(config), "--online", expect=ExitCode.CONFIG)
+    line = line_of(config, "- name: TierExpiry")
+    assert (
+        f"{config}:{line}: attributes.realtime[4].name: the Optimove account has no attribute"
+        " 'TierExpiry'\n  hint: did you mean 'TierExpiryDate'?"
+    ) in result.stderr
+    assert "1 error(s)" in result.stderr
+
+
+def test_a_template_id_the_account_does_not_list_is_an_error(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = catalog_from_config(config)
+    fewer = tuple(t for t in full.templates if t.template_id != 1002)
+    for _ in serve(dataclasses.replace(full, templates=fewer), monkeypatch):
+        result = invoke("validate-config", str(config), "--online", expect=ExitCode.CONFIG)
+    line = line_of(config, "template_id: 1002")
+    assert (
+        f"{config}:{line}: templates.purchase_confirmation.template_id: template_id 1002 is not"
+        " among the account's transactional templates"
+    ) in result.stderr
+    assert "1 error(s)" in result.stderr
+
+
+def test_a_tag_the_config_does_not_map_is_an_error_and_the_stale_file_a_warning(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = catalog_from_config(config)
+
+    def changed(t: TemplateDetail) -> TemplateDetail:
+        if t.template_id != 1001:
+            return t
+        content = t.content.replace("[%TRANS:", "[%TRANS:VOUCHER_CODE%] [%TRANS:", 1)
+        return dataclasses.replace(t, content=content)
+
+    catalog = dataclasses.replace(full, templates=tuple(changed(t) for t in full.templates))
+    for _ in serve(catalog, monkeypatch):
+        result = invoke(
+            "--json", "validate-config", str(config), "--online", expect=ExitCode.CONFIG
+        )
+    problems = json.loads(result.stdout)["problems"]
+    errors = [p for p in problems if p["severity"] == "error"]
+    assert len(errors) == 1
+    assert errors[0]["key"] == "templates.redemption_confirmation.attribute_mappings"
+    assert errors[0]["message"] == (
+        "template 1001 in Optimove uses tags the config does not map: VOUCHER_CODE"
+    )
+    stale = [p for p in problems if p["key"] == "templates.redemption_confirmation.file"]
+    assert stale and stale[0]["severity"] == "warning"
+    assert "differs from template 1001's content in Optimove" in stale[0]["message"]
+
+
+def test_a_mapping_the_account_template_no_longer_uses_is_a_warning(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = catalog_from_config(config)
+    redemption = next(t for t in full.templates if t.template_id == 1001)
+    dropped = redemption.tags[0]
+    content = redemption.content.replace(f"[%TRANS:{dropped}%]", "")
+    catalog = dataclasses.replace(
+        full,
+        templates=tuple(
+            dataclasses.replace(t, content=content, tags=t.tags[1:]) if t is redemption else t
+            for t in full.templates
+        ),
+    )
+    for _ in serve(catalog, monkeypatch):
+        result = invoke("--json", "validate-config", str(config), "--online")
+    problems = json.loads(result.stdout)["problems"]
+    key = f"templates.redemption_confirmation.attribute_mappings.{dropped}"
+    unused = [p for p in problems if p["key"] == key]
+    assert unused and unused[0]["severity"] == "warning"
+    assert unused[0]["message"] == f"mapping '{dropped}' is not used by template 1001 in Optimove"
+
+
+def test_unreachable_optimove_exits_6_with_the_offline_report(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPTIMOVE_EVENTS_TOKEN")  # so the offline report has a warning to keep
+    offline = invoke("validate-config", str(config))
+    monkeypatch.setenv("OPTIMOVE_API_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__MAX_ATTEMPTS", "2")
+    result = invoke(
+        "validate-config", str(config), "--online", "--timeout", "5", expect=ExitCode.UNAVAILABLE
+    )
+    report = [line for line in offline.stderr.splitlines() if "valid (" not in line]
+    assert any("OPTIMOVE_EVENTS_TOKEN" in line for line in report)
+    assert "\n".join(report) in result.stderr
+    assert "Optimove did not answer /current/model/GetCustomerAttributeList" in result.stderr
+
+
+def test_a_refused_key_exits_5_and_json_says_the_account_was_not_checked(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Sandbox(SandboxConfig(api_key="another-key")) as box:
+        monkeypatch.setenv("OPTIMOVE_API_URL", box.url)
+        result = invoke(
+            "--json", "validate-config", str(config), "--online", expect=ExitCode.REFUSED
+        )
+    data = json.loads(result.stdout)
+    assert data["online"] == {
+        "checked": False,
+        "error": data["online"]["error"],
+    }
+    assert "refused the API key" in data["online"]["error"]
+
+
+def test_a_config_error_outranks_an_unreachable_account(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = config.read_text(encoding="utf-8").replace("template_id: 1002", "template_id: 0")
+    config.write_text(text, encoding="utf-8")
+    monkeypatch.setenv("OPTIMOVE_API_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__MAX_ATTEMPTS", "1")
+    result = invoke("validate-config", str(config), "--online", expect=ExitCode.CONFIG)
+    assert "positive integer template_id" in result.stderr
+    assert "Optimove did not answer" in result.stderr
+
+
+def test_the_sandbox_serves_the_account_from_its_options(tmp_path: Path) -> None:
+    import httpx
+
+    catalog = Catalog(
+        ("Tier", "Points"), (TemplateDetail(7, "receipt", "<p>[%TRANS:A%]</p>", ("A",)),)
+    )
+    with Sandbox(SandboxConfig(api_key=KEY, catalog=catalog)) as box:
+        headers = {"X-API-KEY": KEY}
+        attrs = httpx.get(f"{box.url}/current/model/GetCustomerAttributeList", headers=headers)
+        details = httpx.get(
+            f"{box.url}/current/transactionalmail/GetTemplateDetails", headers=headers
+        )
+    assert [a["RealFieldName"] for a in attrs.json()] == ["Tier", "Points"]
+    assert details.json() == [
+        {
+            "TemplateID": 7,
+            "TemplateName": "receipt",
+            "TemplateContent": "<p>[%TRANS:A%]</p>",
+            "TemplateAttributes": ["A"],
+        }
+    ]
