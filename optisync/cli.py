@@ -82,6 +82,14 @@ schema_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(schema_app, name="schema")
+optin_app = typer.Typer(
+    cls=OptisyncGroup,
+    help="The local opt-in register of the triggered templates optisync sends itself.\n\n"
+    "Example: optisync optin sync",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(optin_app, name="optin")
 
 
 def _version(value: bool) -> None:
@@ -485,6 +493,11 @@ def sandbox_cmd(
     serve(config, host, port)
 
 
+def _keep_for_metrics(ctx: click.Context, data: dict[str, Any]) -> None:
+    """Hand the run's figures to --metrics-file (written when the command ends)."""
+    ctx.meta["optisync.summary"] = data
+
+
 def _render(out: Output, summary: Any) -> None:
     from optisync.commands.realtime import raise_for
 
@@ -563,6 +576,55 @@ def _progress(out: Output, label: str) -> Iterator[Callable[[int, int | None], N
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+@optin_app.command("sync")
+def optin_sync_cmd(
+    ctx: typer.Context,
+    brand_id: Annotated[
+        int | None,
+        typer.Option("--brand-id", help="OptiMail brand (default: optimove.opt_in.brand_id)."),
+    ] = None,
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            "--since",
+            formats=["%Y-%m-%d"],
+            help="Only add addresses unsubscribed since this date (default: the whole list,"
+            " dropping addresses no longer on it).",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Read the list and count; change nothing.")
+    ] = False,
+) -> None:
+    """Bring Optimove's unsubscribe list into the opt-in register.
+
+    A member who unsubscribed in Optimove is then not mailed by the triggered templates
+    optisync sends itself (delivery: api). Run it before push-event, e.g. hourly.
+
+    Example: optisync optin sync --brand-id 7
+    """
+    from optisync.commands.optin import sync_unsubscribers
+
+    out = _output(ctx)
+    summary = sync_unsubscribers(
+        out.config,
+        brand_id=brand_id,
+        since=since.date() if since is not None else None,
+        dry_run=dry_run,
+    )
+    data = summary.as_dict()
+    _keep_for_metrics(ctx, data)
+    if out.json:
+        out.emit_json(data)
+    else:
+        what = "would hold" if dry_run else "holds"
+        out.info(
+            f"optin sync: {summary.fetched} unsubscribed address(es) read from Optimove"
+            f" (brand {summary.brand_id}, {summary.pages} page(s)); the register {what}"
+            f" {summary.listed if not dry_run else summary.fetched}, dropped {summary.dropped}"
+        )
 
 
 @schema_app.command("events")

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optisync.config import Config, Report, validate_config
+import optisync.config as configuration
+from optisync.config import Config, Report
 from optisync.config.models import Timeouts
 from optisync.config.online import Account, check_online
 from optisync.config.source import Source
-from optisync.errors import OptisyncError, RefusedError, UnavailableError
+from optisync.errors import OptisyncError, RefusedError
 from optisync.optimove.outcome import Endpoint
 
 #: Seconds ``--online`` waits for the account by default, retries included.
@@ -46,7 +47,8 @@ def validate(
 ) -> Validation:
     """Check the config at ``path``; with ``online``, against the Optimove account too."""
     if not online:
-        return Validation(validate_config(path, strict=strict))
+        # through the package, so a test can stand in for it
+        return Validation(configuration.validate_config(path, strict=strict))
     failure: OptisyncError | None = None
     counts: dict[str, int] = {}
 
@@ -67,7 +69,7 @@ def validate(
         counts.update(attributes=len(account.attributes), templates=len(account.templates))
         check_online(src, config, account)
 
-    report = validate_config(path, strict=strict, more=against_account)
+    report = configuration.validate_config(path, strict=strict, more=against_account)
     return Validation(report, online=True, failure=failure, account=counts)
 
 
@@ -79,7 +81,6 @@ def fetch_account(config: Config, timeout: float) -> Account:
         RefusedError: Optimove refused a call or answered something unreadable (exit 5).
         UnavailableError: Optimove did not answer in time (exit 6).
     """
-    from optisync.commands import realtime
 
     settings = config.optimove
     bounded = settings.model_copy(
@@ -91,24 +92,14 @@ def fetch_account(config: Config, timeout: float) -> Account:
             "retry": settings.retry.model_copy(update={"max_total_seconds": timeout}),
         }
     )
-    answers = []
-    with realtime.client_factory_for(config.model_copy(update={"optimove": bounded}))() as client:
-        for endpoint in (Endpoint.GET_CUSTOMER_ATTRIBUTE_LIST, Endpoint.GET_TEMPLATE_DETAILS):
-            fetched = client.fetch(endpoint)
-            delivery = fetched.delivery
-            if not delivery.ok:
-                what = f"{endpoint.value}: {delivery.error or delivery.outcome}"
-                if delivery.outcome in ("transient", "rate_limited"):
-                    raise UnavailableError(
-                        f"Optimove did not answer {what}",
-                        hint=f"check optimove.api_url ({settings.api_url}) and the network;"
-                        " the offline checks above still hold",
-                    )
-                raise RefusedError(
-                    f"Optimove refused {what}",
-                    hint="check optimove.api_url and that the API key may read the account",
-                )
-            answers.append(fetched.data)
+    from optisync.commands.account import open_client, read
+
+    bounded_config = config.model_copy(update={"optimove": bounded})
+    with open_client(bounded_config) as client:
+        answers = [
+            read(client, bounded_config, endpoint)
+            for endpoint in (Endpoint.GET_CUSTOMER_ATTRIBUTE_LIST, Endpoint.GET_TEMPLATE_DETAILS)
+        ]
     try:
         return Account.from_optimove(answers[0], answers[1])
     except ValueError as exc:

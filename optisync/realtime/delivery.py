@@ -405,10 +405,10 @@ class Pusher:
             else:
                 self._queue(message, part)
 
-    def _known_consent(self, member_id: str) -> bool | None:
+    def _known_consent(self, member_id: str, email: str | None = None) -> bool | None:
         if member_id in self.consent_seen:
             return self.consent_seen[member_id]
-        return self.register.get(member_id) if self.register is not None else None
+        return self.register.get(member_id, email) if self.register is not None else None
 
     def _describe(
         self, record: Record, targets: tuple[str, ...], rules: tuple[str, ...], parts: list[Part]

@@ -4,9 +4,13 @@ Needed only for triggered templates that optisync sends itself (``delivery: api`
 Optimove's own campaigns gate on its opt-in flag, but a send through the transactional API
 does not, so optisync must. Fed, in input order, by OPT_IN_EMAIL events, the EMD opt-in key
 of profile updates and registration consent. SQLite, so it survives runs and crashes.
+
+``optisync optin sync`` adds Optimove's unsubscribe list (by email address): an address
+unsubscribed there is opted out here, unless the member opted in again after it.
 """
 
 import sqlite3
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +30,10 @@ class OptInRegister:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS opt_in ("
                 " member_id TEXT PRIMARY KEY, opted_in INTEGER NOT NULL, as_of TEXT NOT NULL)"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS unsubscribed ("
+                " email TEXT PRIMARY KEY, as_of TEXT NOT NULL)"
             )
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(
@@ -48,11 +56,57 @@ class OptInRegister:
         if self._pending >= _COMMIT_EVERY:
             self.commit()
 
-    def get(self, member_id: str) -> bool | None:
+    def get(self, member_id: str, email: str | None = None) -> bool | None:
+        """The member's consent; an address on Optimove's unsubscribe list is opted out
+        unless the member opted in after it was put there."""
         row = self._db.execute(
-            "SELECT opted_in FROM opt_in WHERE member_id = ?", (member_id,)
+            "SELECT opted_in, as_of FROM opt_in WHERE member_id = ?", (member_id,)
         ).fetchone()
-        return None if row is None else bool(row[0])
+        known = None if row is None else bool(row[0])
+        if email:
+            unsub = self._db.execute(
+                "SELECT as_of FROM unsubscribed WHERE email = ?", (email.strip().lower(),)
+            ).fetchone()
+            if unsub is not None and not (known and row[1] > unsub[0]):
+                return False
+        return known
+
+    def reconcile_unsubscribed(
+        self, rows: Iterable[tuple[str, datetime]], *, complete: bool = True
+    ) -> tuple[int, int]:
+        """Take Optimove's unsubscribe list: ``(email, unsubscribed at)`` pairs.
+
+        With ``complete`` the list is the whole of it, so addresses no longer on it (the
+        member subscribed again) are dropped. Returns (addresses now listed, dropped).
+        """
+        try:
+            return self._reconcile(rows, complete)
+        except sqlite3.Error as exc:
+            raise StorageError(
+                f"cannot update the opt-in register {self.path}: {exc}",
+                hint="check optimove.state_dir is writable; retry when no run holds it",
+            ) from None
+
+    def _reconcile(self, rows: Iterable[tuple[str, datetime]], complete: bool) -> tuple[int, int]:
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS fetched (email TEXT PRIMARY KEY)")
+        self._db.execute("DELETE FROM fetched")
+        for email, as_of in rows:
+            address = email.strip().lower()
+            self._db.execute("INSERT OR IGNORE INTO fetched (email) VALUES (?)", (address,))
+            self._db.execute(
+                "INSERT INTO unsubscribed (email, as_of) VALUES (?, ?)"
+                " ON CONFLICT(email) DO UPDATE SET as_of = excluded.as_of",
+                (address, as_of.astimezone(UTC).isoformat()),
+            )
+        dropped = 0
+        if complete:
+            dropped = self._db.execute(
+                "DELETE FROM unsubscribed WHERE email NOT IN (SELECT email FROM fetched)"
+            ).rowcount
+        self._db.execute("DROP TABLE fetched")
+        self.commit()
+        (listed,) = self._db.execute("SELECT count(*) FROM unsubscribed").fetchone()
+        return int(listed), int(dropped)
 
     def commit(self) -> None:
         self._db.execute("COMMIT")
@@ -62,3 +116,8 @@ class OptInRegister:
     def close(self) -> None:
         self._db.execute("COMMIT")
         self._db.close()
+
+
+def register_path(state_dir: Path) -> Path:
+    """Where the register of a config's ``optimove.state_dir`` lives."""
+    return state_dir / "opt-in.sqlite3"

@@ -67,7 +67,8 @@ def field_of(data: BaseModel, name: str) -> Any:
     return data.__dict__.get(name)
 
 
-OptInLookup = Callable[[str], bool | None]
+#: (member id, email) -> the known consent, or None when nothing is known.
+OptInLookup = Callable[[str, str | None], bool | None]
 
 
 def plan_message(
@@ -296,7 +297,7 @@ def _email_part(
         return None  # Optimove's own campaigns send these, from attributes or the event
     if template.kind == "triggered":
         # marketing mail sent by optisync itself: only to members who opted in
-        known = opt_in(envelope.member_id) if opt_in else None
+        known = opt_in(envelope.member_id, envelope.email) if opt_in else None
         if known is None:
             unknown = config.optimove.opt_in.unknown_state
             if unknown != "opted_in":
