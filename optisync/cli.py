@@ -5,6 +5,7 @@ one place where exceptions meet exit codes, so CliRunner tests see what users ge
 """
 
 import gc
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -22,6 +23,25 @@ from optisync.errors import ConfigError, ExitCode, OptisyncError
 
 class OptisyncGroup(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
+        if ctx.parent is not None:  # a command group under the root: the root measures
+            return self._invoke(ctx)
+        started, clock = time.time(), time.monotonic()
+        code = int(ExitCode.INTERNAL)
+        try:
+            result = self._invoke(ctx)
+            code = int(ExitCode.OK)
+            return result
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+            raise
+        except click.ClickException as exc:
+            code = exc.exit_code
+            raise
+        finally:
+            if ctx.meta.get(METRICS_FILE) is not None:
+                _write_metrics(ctx, code, started, time.monotonic() - clock)
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
@@ -47,6 +67,24 @@ class OptisyncGroup(TyperGroup):
             if out.verbose:
                 _print_traceback(out)
             ctx.exit(int(ExitCode.INTERNAL))
+
+
+METRICS_FILE = "optisync.metrics_file"
+SUMMARY = "optisync.summary"
+
+
+def _write_metrics(ctx: click.Context, code: int, started: float, duration: float) -> None:
+    from optisync.metrics import RunFigures, write_metrics
+
+    summary = ctx.meta.get(SUMMARY)
+    command = (summary or {}).get("command") or ctx.invoked_subcommand or "optisync"
+    figures = RunFigures(str(command), code, started, time.time(), duration, summary)
+    path: Path = ctx.meta[METRICS_FILE]
+    try:
+        write_metrics(path, figures)
+    except OSError as exc:
+        # the run's own outcome stands; monitoring notices the file going stale
+        _output(ctx).error(f"cannot write the metrics file {path}: {exc.strerror or exc}")
 
 
 def _print_traceback(out: Output) -> None:
@@ -127,12 +165,23 @@ def root(
     log_pii: Annotated[
         bool, typer.Option("--log-pii", help="Show member ids and emails in logs unmasked.")
     ] = False,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-file",
+            help="Write the run's figures here in Prometheus text format (node_exporter's"
+            " textfile collector), replaced atomically.",
+            dir_okay=False,
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
     ] = False,
 ) -> None:
     """Sync ES Loyalty member events and daily batch data into Optimove."""
+    if metrics_file is not None:
+        ctx.meta[METRICS_FILE] = metrics_file
     ctx.obj = Output(config=config, json=json_out, verbose=verbose, quiet=quiet, no_color=no_color)
     if log_format not in ("text", "json"):
         raise typer.BadParameter("use 'text' or 'json'", param_hint="--log-format")
@@ -342,6 +391,7 @@ def export_batch_cmd(
         summary = export_batch(
             out.config, full=full, datasets=dataset, dry_run=dry_run, wait=wait, progress=progress
         )
+    _keep_for_metrics(ctx, summary.as_dict())
     if out.json:
         out.emit_json(summary.as_dict())
     else:
@@ -495,12 +545,13 @@ def sandbox_cmd(
 
 def _keep_for_metrics(ctx: click.Context, data: dict[str, Any]) -> None:
     """Hand the run's figures to --metrics-file (written when the command ends)."""
-    ctx.meta["optisync.summary"] = data
+    ctx.meta[SUMMARY] = data
 
 
 def _render(out: Output, summary: Any) -> None:
     from optisync.commands.realtime import raise_for
 
+    _keep_for_metrics(click.get_current_context(), summary.as_dict())
     if out.json:
         out.emit_json(summary.as_dict())
     else:
