@@ -5,6 +5,7 @@ one place where exceptions meet exit codes, so CliRunner tests see what users ge
 """
 
 import gc
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -678,6 +679,27 @@ def optin_sync_cmd(
         )
 
 
+#: The variable the completion scripts set when they ask optisync for completions.
+COMPLETE_VAR = "_OPTISYNC_COMPLETE"
+
+
+@app.command("completion")
+def completion_cmd(
+    shell: Annotated[
+        str,
+        typer.Argument(click_type=click.Choice(["bash", "zsh", "fish"]), help="bash, zsh or fish."),
+    ],
+) -> None:
+    """Print the shell completion script for optisync's commands and options.
+
+    Example: optisync completion bash > ~/.local/share/bash-completion/completions/optisync
+    (zsh: a file named _optisync on $fpath; fish: ~/.config/fish/completions/optisync.fish)
+    """
+    from typer._completion_shared import get_completion_script
+
+    typer.echo(get_completion_script(prog_name="optisync", complete_var=COMPLETE_VAR, shell=shell))
+
+
 @schema_app.command("events")
 def schema_events_cmd() -> None:
     """Print the JSON Schema of the input event envelope and each event's data.
@@ -693,8 +715,13 @@ def schema_events_cmd() -> None:
 
 def main() -> None:
     """Console-script entry point (``optisync`` and ``python -m optisync``)."""
+    if COMPLETE_VAR in os.environ:
+        # a shell asking for completions: answer in the format of the scripts printed above
+        from typer._completion_classes import completion_init
+
+        completion_init()
     try:
-        app()
+        app(complete_var=COMPLETE_VAR)
     finally:
         # pydantic's validators, typer's commands and the config leave a few hundred thousand
         # long-lived objects; the interpreter's last full collections over them took ~100 ms,
