@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optisync.config as configuration
 from optisync.config import Config, Report
 from optisync.config.models import Timeouts
-from optisync.config.online import Account, check_online
 from optisync.config.source import Source
 from optisync.errors import OptisyncError, RefusedError
-from optisync.optimove.outcome import Endpoint
+
+if TYPE_CHECKING:
+    from optisync.config.online import Account
 
 #: Seconds ``--online`` waits for the account by default, retries included.
 DEFAULT_TIMEOUT = 30.0
@@ -53,7 +54,17 @@ def validate(
     counts: dict[str, int] = {}
 
     def against_account(src: Source, config: Config) -> None:
-        if not config.optimove.secret("api_key"):
+        from optisync.config.online import check_online
+
+        try:
+            key = config.optimove.secret("api_key")
+        except OSError as exc:
+            src.add(
+                ("optimove", "api_key_file"),
+                f"cannot read the API key file: {exc.strerror or exc}",
+            )
+            return
+        if not key:
             src.add(
                 ("optimove", "api_key"),
                 "--online needs the API key to read the account",
@@ -92,7 +103,10 @@ def fetch_account(config: Config, timeout: float) -> Account:
             "retry": settings.retry.model_copy(update={"max_total_seconds": timeout}),
         }
     )
+    # only --online pays for the HTTP stack
     from optisync.commands.account import open_client, read
+    from optisync.config.online import Account
+    from optisync.optimove.outcome import Endpoint
 
     bounded_config = config.model_copy(update={"optimove": bounded})
     with open_client(bounded_config) as client:

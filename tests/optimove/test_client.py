@@ -457,3 +457,50 @@ def test_client_is_a_context_manager() -> None:
         assert client.send(Endpoint.ADD_PROMOTIONS, []).ok
     with pytest.raises(RuntimeError):
         client.send(Endpoint.ADD_PROMOTIONS, [])
+
+
+# -- reading the account (GET) -----------------------------------------------------------
+
+
+def test_fetch_gets_with_the_key_and_query_and_decodes_the_answer(
+    make_client: MakeClient,
+) -> None:
+    rec = Recorder(ok(json=[{"Email": "a@example.com", "UnsubscribedTime": "2026-11-01"}]))
+    fetched = make_client(rec).fetch(Endpoint.GET_UNSUBSCRIBERS, {"BrandID": 7, "$skip": 10000})
+    (request,) = rec.requests
+    assert request.method == "GET"
+    assert str(request.url) == (
+        "https://api4.optimove.test/current/optimail/GetUnsubscribers?BrandID=7&$skip=10000"
+    )
+    assert request.headers["X-API-KEY"] == API_KEY
+    assert request.content == b""
+    assert fetched.delivery.ok
+    assert fetched.data == [{"Email": "a@example.com", "UnsubscribedTime": "2026-11-01"}]
+
+
+def test_fetch_retries_and_keeps_the_last_answer(make_client: MakeClient, clock: FakeClock) -> None:
+    rec = Recorder(ok(503, json={"message": "busy"}), ok(429), ok(json=[{"RealFieldName": "Tier"}]))
+    fetched = make_client(rec).fetch(Endpoint.GET_CUSTOMER_ATTRIBUTE_LIST)
+    assert fetched.delivery.attempts == 3
+    assert fetched.data == [{"RealFieldName": "Tier"}]
+    assert len(clock.sleeps) == 2
+
+
+def test_fetch_out_of_retries_has_no_data(make_client: MakeClient) -> None:
+    rec = Recorder(ok(503))
+    fetched = make_client(rec, retry={"max_attempts": 2}).fetch(Endpoint.GET_TEMPLATE_DETAILS)
+    assert not fetched.delivery.ok
+    assert fetched.delivery.outcome == "transient"
+    assert fetched.data is None
+
+
+def test_fetch_of_an_answer_that_is_not_json_is_fatal(make_client: MakeClient) -> None:
+    fetched = make_client(Recorder(ok(text="<html>login</html>"))).fetch(
+        Endpoint.GET_TEMPLATE_DETAILS
+    )
+    assert (fetched.delivery.ok, fetched.delivery.outcome) == (False, "fatal")
+
+
+def test_fetch_refused_key_raises_auth_error(make_client: MakeClient) -> None:
+    with pytest.raises(OptimoveAuthError):
+        make_client(Recorder(ok(403))).fetch(Endpoint.GET_TEMPLATE_DETAILS)
