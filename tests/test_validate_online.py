@@ -12,7 +12,7 @@ import pytest
 from optisync.errors import ExitCode
 from optisync.sandbox import Sandbox, SandboxConfig
 from optisync.sandbox.catalog import Catalog, TemplateDetail, catalog_from_config
-from tests.support import invoke
+from tests.support import EXAMPLES, invoke
 
 KEY = "sandbox-key-online"
 
@@ -199,3 +199,29 @@ def test_the_sandbox_serves_the_account_from_its_options(tmp_path: Path) -> None
             "TemplateAttributes": ["A"],
         }
     ]
+
+
+def test_the_sandbox_command_learns_the_account_from_a_config_or_its_option(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import optisync.sandbox as sandbox_package
+
+    served: list[SandboxConfig] = []
+    monkeypatch.setattr(sandbox_package, "serve", lambda config, host, port: served.append(config))
+    example = str(EXAMPLES / "optisync.yaml")
+
+    invoke("sandbox", "--templates-from", example)
+    invoke("sandbox", "--attributes", "Tier, Points")
+    invoke("sandbox", "--templates-from", example, "--attributes", "Tier")
+    learnt, listed, both = (config.catalog for config in served)
+    assert learnt is not None and listed is not None and both is not None
+    assert "TierExpiry" in learnt.attributes
+    assert 1001 in learnt.tags_by_id()
+    assert served[0].templates == learnt.tags_by_id()
+    assert (listed.attributes, listed.templates, served[1].templates) == (
+        ("Tier", "Points"),
+        (),
+        None,
+    )
+    assert both.attributes == ("Tier",)
+    assert both.templates == learnt.templates
