@@ -1,30 +1,36 @@
 """What each routed message becomes in Optimove's terms: one ``Part`` per target.
 
 A part's ``body`` is what would be sent for this message alone; it is also what a dead
-letter keeps, so a replay re-sends exactly that. Parts of many messages are packed into one
-request where the API allows it (``pack_*``), within Optimove's documented caps.
+letter keeps, so a replay re-sends exactly that (docs/dead-letters.md). Which parts of many
+messages share one request is for ``batching`` to decide.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from optisync.config.models import MAX_CONTEXT_PARAMS, Config, Mapping, Template
+from optisync.config.models import Config, Mapping, Template
 from optisync.events import Envelope, EventType, resolve
 from optisync.optimove.formats import timestamp_for_optimove
+from optisync.optimove.limits import (
+    MAX_ATTRIBUTES_PER_CUSTOMER,
+    MAX_EVENT_PARAMETERS,
+    MAX_STRING_LENGTH,
+)
 from optisync.optimove.outcome import Endpoint
 from optisync.realtime.deadletter import Kind
+from optisync.realtime.inputs import Record
 from optisync.realtime.localize import MemberLocale, format_value
+from optisync.realtime.routing import Route
 
-MAX_STRING = 255
-MAX_ATTRIBUTES_PER_CUSTOMER = 10
-MAX_CUSTOMERS_PER_CALL = 1000
+if TYPE_CHECKING:
+    from optisync.realtime.optin import OptInRegister
+
 OPT_IN_EVENT = "opt_in_email"
 
 
@@ -43,9 +49,10 @@ class Part:
     endpoint: Endpoint
     body: Any
     target: str
-    # what packs with what: parts with equal keys may share a request
-    pack_key: str = ""
-    # this part's place in its message's plan (target#n): its name in the input journal
+    # the promotion code, for promotions: Optimove needs each code once per run
+    promo_code: str = ""
+    # this part's place in its message's plan (target#n), set by ``plan_message``: its name
+    # in the input journal, so a rerun after a crash skips exactly the parts handled
     slot: str = ""
 
 
@@ -67,7 +74,28 @@ def field_of(data: BaseModel, name: str) -> Any:
     return data.__dict__.get(name)
 
 
-OptInLookup = Callable[[str], bool | None]
+class Consent:
+    """Each member's email consent as the run learns it, in input order.
+
+    Triggered mail optisync sends itself goes only to members who opted in, so a consent
+    stated by one message must gate the mail of the same and every later message. A dry run
+    must not write the register, yet its later lines still see earlier consent.
+    """
+
+    def __init__(self, register: OptInRegister | None = None, *, dry_run: bool = False) -> None:
+        self.register = register
+        self.dry_run = dry_run
+        self.seen: dict[str, bool] = {}
+
+    def note(self, envelope: Envelope, stated: bool) -> None:
+        self.seen[envelope.member_id] = stated
+        if self.register is not None and not self.dry_run:
+            self.register.record(envelope.member_id, stated, envelope.occurred_at)
+
+    def known(self, member_id: str) -> bool | None:
+        if member_id in self.seen:
+            return self.seen[member_id]
+        return self.register.get(member_id) if self.register is not None else None
 
 
 def plan_message(
@@ -75,13 +103,18 @@ def plan_message(
     targets: tuple[str, ...],
     config: Config,
     only: set[str] | None = None,
-    opt_in: OptInLookup | None = None,
+    consent: Consent | None = None,
 ) -> Plan:
     """Build the parts for the routed targets; raises ``InvalidMessage`` if one can't be built.
 
-    ``opt_in`` tells a member's known consent, for triggered templates optisync sends itself.
+    The consent this message states is noted in ``consent`` before any part is built, so it
+    is remembered even when the message turns out invalid; ``consent`` also answers for
+    members whose consent earlier messages or runs stated.
     """
     plan = Plan()
+    stated = opt_in_state(envelope, config)
+    if stated is not None and consent is not None:
+        consent.note(envelope, stated)
     locale = MemberLocale(envelope.locale, config.locale.default_locale)
     currency = config.locale.default_currency
 
@@ -108,14 +141,32 @@ def plan_message(
         if kind == "attributes":
             plan.parts.extend(_attributes_parts(envelope, config, locale, currency, plan))
         elif kind == "opt_in":
-            plan.parts.extend(_opt_in_parts(envelope, config, targets))
+            plan.parts.extend(_opt_in_parts(envelope, config, targets, stated))
         elif kind == "email":
-            part = _email_part(envelope, config, name, locale, currency, opt_in, plan)
+            known = stated
+            if known is None and consent is not None:
+                known = consent.known(envelope.member_id)
+            part = _email_part(envelope, config, name, locale, currency, known, plan)
             if part:
                 plan.parts.append(part)
         elif kind == "promotions":
             plan.parts.extend(_promotion_parts(envelope))
+    for index, part in enumerate(plan.parts):
+        part.slot = f"{part.target}#{index}"
     return plan
+
+
+def describe(record: Record, routed: Route, parts: list[Part]) -> dict[str, Any]:
+    """One message's plan as a dry run shows it."""
+    assert record.envelope is not None
+    return {
+        "line": record.line,
+        "id": record.envelope.message_id,
+        "type": record.envelope.type.value,
+        "rules": list(routed.rules),
+        "targets": list(routed.targets),
+        "requests": [{"endpoint": p.endpoint.value, "body": p.body} for p in parts],
+    }
 
 
 def _context_value(envelope: Envelope, name: str, mapping: Mapping, locale: Any, cur: str) -> Any:
@@ -128,14 +179,14 @@ def _context_value(envelope: Envelope, name: str, mapping: Mapping, locale: Any,
         raise InvalidMessage(f"parameter {name} must be a flat value", mapping.source)
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidMessage(f"parameter {name} is {value}", mapping.source)
-    if isinstance(value, str) and len(value) > MAX_STRING:
+    if isinstance(value, str) and len(value) > MAX_STRING_LENGTH:
         if not mapping.truncate:
             raise InvalidMessage(
-                f"{len(value)} characters; Optimove takes at most {MAX_STRING}"
+                f"{len(value)} characters; Optimove takes at most {MAX_STRING_LENGTH}"
                 " (set truncate: true on this mapping to cut it)",
                 mapping.source,
             )
-        value = value[:MAX_STRING]
+        value = value[:MAX_STRING_LENGTH]
     return value
 
 
@@ -149,10 +200,10 @@ def _event_part(
     for template in templates:
         for tag, source in template.attribute_mappings.items():
             sources.setdefault(event_parameter(tag), source)
-    if len(sources) > MAX_CONTEXT_PARAMS:
+    if len(sources) > MAX_EVENT_PARAMETERS:
         raise InvalidMessage(
             f"{len(sources)} context parameters with the triggered templates' tags;"
-            f" Optimove takes at most {MAX_CONTEXT_PARAMS}"
+            f" Optimove takes at most {MAX_EVENT_PARAMETERS}"
         )
     context = {}
     for name, source in sources.items():
@@ -194,7 +245,7 @@ def _attributes_parts(
             elif name in realtime and value is not None:
                 values[name] = value
     items = [{"RealFieldName": k, "Value": v} for k, v in values.items()]
-    # Optimove takes at most 10 attributes per customer in one call
+    # more attributes than Optimove takes for one customer in one call: several parts
     return [
         Part(
             Kind.ATTRIBUTES,
@@ -241,8 +292,9 @@ def opt_in_state(envelope: Envelope, config: Config) -> bool | None:
     return None
 
 
-def _opt_in_parts(envelope: Envelope, config: Config, targets: tuple[str, ...]) -> list[Part]:
-    state = opt_in_state(envelope, config)
+def _opt_in_parts(
+    envelope: Envelope, config: Config, targets: tuple[str, ...], state: bool | None
+) -> list[Part]:
     if state is None:
         return []
     settings = config.optimove.opt_in
@@ -284,7 +336,7 @@ def _email_part(
     name: str,
     locale: Any,
     currency: str,
-    opt_in: OptInLookup | None,
+    known: bool | None,
     plan: Plan,
 ) -> Part | None:
     template = config.templates.get(name)
@@ -296,7 +348,6 @@ def _email_part(
         return None  # Optimove's own campaigns send these, from attributes or the event
     if template.kind == "triggered":
         # marketing mail sent by optisync itself: only to members who opted in
-        known = opt_in(envelope.member_id) if opt_in else None
         if known is None:
             unknown = config.optimove.opt_in.unknown_state
             if unknown != "opted_in":
@@ -327,43 +378,7 @@ def _promotion_parts(envelope: Envelope) -> list[Part]:
             Endpoint.ADD_PROMOTIONS,
             [{"PromoCode": offer.promo_code, "PromotionName": offer.name}],
             "promotions",
-            pack_key=offer.promo_code,
+            promo_code=offer.promo_code,
         )
         for offer in offers
     ]
-
-
-def pack_transactional(bodies: list[Any]) -> Any:
-    """One SendTransactionalMail body for many recipients of one template.
-
-    Its UniqueMessageID is derived from the recipients' own ids, so the same batch always
-    carries the same id and a resend of it is answered 409, never mailed twice.
-    """
-    if len(bodies) == 1:
-        return bodies[0]
-    uids = sorted(body["UniqueMessageID"] for body in bodies)
-    digest = hashlib.sha256("\x1f".join(uids).encode()).hexdigest()[:40]
-    return {
-        "TemplateID": bodies[0]["TemplateID"],
-        "UniqueMessageID": f"optisync-b{len(bodies)}-{digest}",
-        "Recipients": [r for body in bodies for r in body["Recipients"]],
-    }
-
-
-def pack_attributes(bodies: list[Any]) -> Any:
-    """One UpdateCustomerAttributes body from single-message bodies (same customer merged)."""
-    merged: dict[str, dict[str, Any]] = {}
-    for body in bodies:
-        for entry in body["CustomerNewAttributesValuesList"]:
-            attrs = merged.setdefault(entry["CustomerID"], {})
-            for item in entry["Attributes"]:
-                attrs[item["RealFieldName"]] = item["Value"]
-    return {
-        "CustomerNewAttributesValuesList": [
-            {
-                "CustomerID": customer,
-                "Attributes": [{"RealFieldName": k, "Value": v} for k, v in attrs.items()],
-            }
-            for customer, attrs in merged.items()
-        ]
-    }
