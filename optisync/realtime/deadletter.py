@@ -16,7 +16,6 @@ whatever the caller passed. Secrets never reach this module: the request body is
 never its headers.
 """
 
-import contextlib
 import errno
 import hashlib
 import itertools
@@ -173,11 +172,6 @@ _counter_lock = threading.Lock()
 def _next_counter() -> int:
     with _counter_lock:
         return next(_counter) % 1_000_000
-
-
-def _unlink_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink()
 
 
 class DeadLetterStore:

@@ -121,19 +121,9 @@ def plan_message(
     def wanted(kind: str) -> bool:
         return only is None or kind in only
 
-    # A triggered template in event mode is sent by Optimove's real-time campaign on the
-    # reported event, so its tags travel as extra parameters of that event.
-    triggered = [
-        name
-        for target in targets
-        if target.startswith("email:")
-        and (name := target.partition(":")[2]) in config.templates
-        and config.templates[name].kind == "triggered"
-        and config.templates[name].delivery == "event"
-    ]
+    triggered = _sent_by_event(targets, config)
     if (wanted("events") and "events" in targets) or (wanted("email") and triggered):
-        extra = [config.templates[name] for name in triggered]
-        plan.parts.append(_event_part(envelope, config, locale, currency, extra))
+        plan.parts.append(_event_part(envelope, config, locale, currency, triggered))
     for target in targets:
         kind, _, name = target.partition(":")
         if not wanted(kind):
@@ -154,6 +144,18 @@ def plan_message(
     for index, part in enumerate(plan.parts):
         part.slot = f"{part.target}#{index}"
     return plan
+
+
+def _sent_by_event(targets: tuple[str, ...], config: Config) -> list[Template]:
+    """Routed triggered templates in event mode: Optimove's real-time campaign sends them on
+    the reported event, so their tags travel as extra parameters of that event."""
+    found = []
+    for target in targets:
+        kind, _, name = target.partition(":")
+        template = config.templates.get(name) if kind == "email" else None
+        if template is not None and template.kind == "triggered" and template.delivery == "event":
+            found.append(template)
+    return found
 
 
 def describe(record: Record, routed: Route, parts: list[Part]) -> dict[str, Any]:

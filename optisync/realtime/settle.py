@@ -35,7 +35,7 @@ from optisync.realtime.summary import PushSummary, RunSummary
 
 log = logging.getLogger(__name__)
 
-ERROR_CLASS = {
+_ERROR_CLASS = {
     "fatal": ErrorClass.FATAL,
     "transient": ErrorClass.TRANSIENT,
     "rate_limited": ErrorClass.RATE_LIMITED,
@@ -100,7 +100,7 @@ class Settler(Generic[P]):
                     f" on {sent.endpoint.value}: {answer.error or answer.status}",
                 )
             error = LetterError(
-                error_class=ERROR_CLASS.get(answer.outcome, ErrorClass.FATAL),
+                error_class=_ERROR_CLASS.get(answer.outcome, ErrorClass.FATAL),
                 status=answer.status,
                 message=answer.error or f"HTTP {answer.status}",
             )
@@ -231,7 +231,7 @@ class PushSettler(Settler[Pack[Message]]):
         """Keep ``record`` whole as an ``input`` letter; False when an earlier run of this
         input already did (the record is counted as skipped instead)."""
         envelope = record.envelope
-        message_id = envelope.message_id if envelope else record_id(record)
+        message_id = envelope.message_id if envelope else _record_id(record)
         if self.handled(message_id, WHOLE):
             self.summary.skipped += 1
             return False
@@ -239,8 +239,8 @@ class PushSettler(Settler[Pack[Message]]):
             DeadLetter(
                 message_id=message_id,
                 kind=Kind.INPUT,
-                type=envelope.type.value if envelope else raw_type(record.value),
-                envelope=envelope.model_dump(mode="json") if envelope else jsonable(record.value),
+                type=envelope.type.value if envelope else _raw_type(record.value),
+                envelope=envelope.model_dump(mode="json") if envelope else _jsonable(record.value),
                 request=None,
                 endpoint=None,
                 error=LetterError(error_class=ErrorClass.INVALID, message=reason),
@@ -258,21 +258,21 @@ class PushSettler(Settler[Pack[Message]]):
         self.store.write(letter)
 
 
-def record_id(record: Record) -> str:
+def _record_id(record: Record) -> str:
     """A record's message id, or a stable stand-in when it has none."""
     if isinstance(record.value, dict) and isinstance(record.value.get("id"), str):
         return str(record.value["id"])[:200]
-    raw = json.dumps(jsonable(record.value), sort_keys=True, default=str)
+    raw = json.dumps(_jsonable(record.value), sort_keys=True, default=str)
     return f"line-{record.line}-" + hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def raw_type(value: Any) -> str | None:
+def _raw_type(value: Any) -> str | None:
     if isinstance(value, dict) and isinstance(value.get("type"), str):
         return str(value["type"])[:64]
     return None
 
 
-def jsonable(value: Any) -> Any:
+def _jsonable(value: Any) -> Any:
     """``value`` if a letter can hold it as JSON, else its (cut) repr."""
     try:
         json.dumps(value, allow_nan=False)
