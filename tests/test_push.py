@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from optisync.commands import realtime as commands
 from optisync.errors import ExitCode
 from optisync.realtime.deadletter import DeadLetterStore
 from optisync.realtime.inputs import EventSource
@@ -317,3 +318,56 @@ def test_opt_out_reaches_optimove_by_the_configured_method(
     if "reportEvent" in expected:
         (body,) = fake.bodies("reportEvent")
         assert (body["event"], body["context"]) == ("opt_in_email", {"opted_in": False})
+
+
+UNROUTED_CONFIG = """
+optimove:
+  api_url: http://127.0.0.1:9
+  events_url: http://127.0.0.1:9/reportEvent
+  tenant_id: 1234
+events:
+  MEMBER_TIER: {name: member_tier, context: {tier: data.tier}}
+routing:
+  rules:
+    - {types: [MEMBER_TIER], where: [{field: data.tier, op: eq, value: Gold}], to: [events]}
+  unrouted: dead_letter
+"""
+
+
+def test_an_unrouted_message_is_kept_as_an_input_letter(
+    fake: FakeOptimove, tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    config = write_config(UNROUTED_CONFIG)
+    path = tmp_path / "in.ndjson"
+    path.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "id": f"t-{tier}",
+                    "type": "MEMBER_TIER",
+                    "member_id": "M1",
+                    "occurred_at": "2026-11-25T10:00:00Z",
+                    "data": {"tier": tier},
+                }
+            )
+            for tier in ("Gold", "Silver")
+        )
+    )
+    # a dry run writes no letter, and shows the message going nowhere
+    dry = invoke("-c", str(config), "push-event", "--dry-run", "--input", str(path))
+    assert "line 2 t-Silver MEMBER_TIER -> nothing (rules: )" in dry.stdout
+    assert letters(tmp_path) == []
+    summary = commands.push_event(
+        config, EventSource(input=str(path)), client_factory=fake.client
+    ).as_dict()
+    assert (summary["sent"], summary["unrouted"], summary["dead_lettered"]) == (1, 1, 1)
+    (letter,) = letters(tmp_path)
+    assert (letter["kind"], letter["message_id"], letter["error"]["message"]) == (
+        "input",
+        "t-Silver",
+        "no routing rule matches",
+    )
+    # a rerun of the same file skips what the journal says was kept
+    again = commands.push_event(config, EventSource(input=str(path)), client_factory=fake.client)
+    assert again.skipped == 2
+    assert len(letters(tmp_path)) == 1

@@ -102,6 +102,9 @@ class Push:
             s.unrouted += 1
             if self.config.routing.unrouted != "dead_letter":
                 s.warnings[f"{envelope.type.value}: no routing rule matches"] += 1
+            elif self.dry_run:  # writes no letter; the plan shows the message goes nowhere
+                if len(s.plans) < MAX_PLANS_SHOWN:
+                    s.plans.append(describe(record, routed, []))
             elif self.settler.keep_input(record, "no routing rule matches"):
                 s.dead_lettered += 1
             return
