@@ -235,7 +235,12 @@ def test_replay_drains_after_the_cause_is_fixed(fake: FakeOptimove, tmp_path: Pa
     before = letters(tmp_path)
     assert before
     # still failing: letters stay, attempts raised
-    fake.replay(limit=1, expect=ExitCode.UNAVAILABLE)
+    failed = fake.replay(limit=1, expect=ExitCode.UNAVAILABLE)
+    # replay stops by the same rule, and says so in the same words, as push-event
+    assert failed.message == (
+        "Optimove unavailable after 2 attempts on /Customers/UpdateCustomerAttributes:"
+        f" forced 503; undelivered messages were dead-lettered in {tmp_path / 'dl'}"
+    )
     after = letters(tmp_path)
     assert len(after) == len(before)
     assert sorted(x["attempts"] for x in after)[-1] == before[0]["attempts"] + 1
