@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from optisync.optimove.limits import (
-    MAX_CUSTOMERS_PER_ATTRIBUTE_CALL,
+    MAX_CUSTOMERS_PER_CALL,
     MAX_PROMOTIONS_PER_CALL,
-    MAX_RECIPIENTS_PER_MAIL,
+    MAX_RECIPIENTS_PER_CALL,
 )
 from optisync.optimove.outcome import Endpoint
 from optisync.realtime.batching import Batcher, Pack
@@ -53,19 +53,19 @@ def test_a_customer_seen_again_starts_the_next_attribute_call() -> None:
 
 
 def test_attribute_calls_stop_at_the_customer_cap() -> None:
-    n = MAX_CUSTOMERS_PER_ATTRIBUTE_CALL + 1
+    n = MAX_CUSTOMERS_PER_CALL + 1
     packs = add_all(Batcher(1), [attributes(f"C{i}", "x") for i in range(n)])
-    assert [len(customers(p)) for p in packs] == [MAX_CUSTOMERS_PER_ATTRIBUTE_CALL, 1]
+    assert [len(customers(p)) for p in packs] == [MAX_CUSTOMERS_PER_CALL, 1]
 
 
 def test_mail_packs_per_template_up_to_the_recipient_cap() -> None:
-    parts = [mail(1, f"a{i}") for i in range(MAX_RECIPIENTS_PER_MAIL + 1)] + [mail(2, "b")]
+    parts = [mail(1, f"a{i}") for i in range(MAX_RECIPIENTS_PER_CALL + 1)] + [mail(2, "b")]
     packs = add_all(Batcher(1), parts)
     sizes = sorted((p.seal()["TemplateID"], len(p.seal()["Recipients"])) for p in packs)
-    assert sizes == [(1, 1), (1, MAX_RECIPIENTS_PER_MAIL), (2, 1)]
+    assert sizes == [(1, 1), (1, MAX_RECIPIENTS_PER_CALL), (2, 1)]
     # a packed call's id comes from its recipients' ids: the same batch, the same id
-    full = next(p for p in packs if len(p.items) == MAX_RECIPIENTS_PER_MAIL)
-    assert full.sent["UniqueMessageID"].startswith(f"optisync-b{MAX_RECIPIENTS_PER_MAIL}-")
+    full = next(p for p in packs if len(p.items) == MAX_RECIPIENTS_PER_CALL)
+    assert full.sent["UniqueMessageID"].startswith(f"optisync-b{MAX_RECIPIENTS_PER_CALL}-")
     # a failed recipient's letter keeps the whole call, so a replay cannot mail twice
     assert full.letter_request(full.items[0][1]) is full.sent
 

@@ -16,8 +16,7 @@ from optisync.commands import realtime as commands
 from optisync.errors import ExitCode
 from optisync.realtime.deadletter import DeadLetterStore
 from optisync.realtime.inputs import EventSource
-
-from .conftest import EXAMPLES, KEY, FakeOptimove, invoke
+from tests.support import EXAMPLES, KEY, FakeOptimove, invoke
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from optisync.optimove.limits import (
-    MAX_CUSTOMERS_PER_ATTRIBUTE_CALL,
+    MAX_CUSTOMERS_PER_CALL,
     MAX_PROMOTIONS_PER_CALL,
-    MAX_RECIPIENTS_PER_MAIL,
+    MAX_RECIPIENTS_PER_CALL,
 )
 from optisync.optimove.outcome import Endpoint
 from optisync.realtime.plan import Part
@@ -27,9 +27,9 @@ M = TypeVar("M")  # whatever the caller tracks each part's message by
 # parts per request where Optimove takes many (attributes count customers, not parts);
 # events take ``optimove.events_per_request`` from the config
 CAPS = {
-    Endpoint.SEND_TRANSACTIONAL_MAIL: MAX_RECIPIENTS_PER_MAIL,
+    Endpoint.SEND_TRANSACTIONAL_MAIL: MAX_RECIPIENTS_PER_CALL,
     Endpoint.ADD_PROMOTIONS: MAX_PROMOTIONS_PER_CALL,
-    Endpoint.UPDATE_CUSTOMER_ATTRIBUTES: MAX_CUSTOMERS_PER_ATTRIBUTE_CALL,
+    Endpoint.UPDATE_CUSTOMER_ATTRIBUTES: MAX_CUSTOMERS_PER_CALL,
 }
 
 

@@ -19,8 +19,8 @@ from optisync.events import Envelope, EventType, resolve
 from optisync.optimove.formats import timestamp_for_optimove
 from optisync.optimove.limits import (
     MAX_ATTRIBUTES_PER_CUSTOMER,
-    MAX_EVENT_PARAMETERS,
-    MAX_STRING_LENGTH,
+    MAX_CONTEXT_PARAMS,
+    MAX_STRING,
 )
 from optisync.optimove.outcome import Endpoint
 from optisync.realtime.deadletter import Kind
@@ -181,14 +181,14 @@ def _context_value(envelope: Envelope, name: str, mapping: Mapping, locale: Any,
         raise InvalidMessage(f"parameter {name} must be a flat value", mapping.source)
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidMessage(f"parameter {name} is {value}", mapping.source)
-    if isinstance(value, str) and len(value) > MAX_STRING_LENGTH:
+    if isinstance(value, str) and len(value) > MAX_STRING:
         if not mapping.truncate:
             raise InvalidMessage(
-                f"{len(value)} characters; Optimove takes at most {MAX_STRING_LENGTH}"
+                f"{len(value)} characters; Optimove takes at most {MAX_STRING}"
                 " (set truncate: true on this mapping to cut it)",
                 mapping.source,
             )
-        value = value[:MAX_STRING_LENGTH]
+        value = value[:MAX_STRING]
     return value
 
 
@@ -202,10 +202,10 @@ def _event_part(
     for template in templates:
         for tag, source in template.attribute_mappings.items():
             sources.setdefault(event_parameter(tag), source)
-    if len(sources) > MAX_EVENT_PARAMETERS:
+    if len(sources) > MAX_CONTEXT_PARAMS:
         raise InvalidMessage(
             f"{len(sources)} context parameters with the triggered templates' tags;"
-            f" Optimove takes at most {MAX_EVENT_PARAMETERS}"
+            f" Optimove takes at most {MAX_CONTEXT_PARAMS}"
         )
     context = {}
     for name, source in sources.items():
