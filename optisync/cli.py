@@ -345,8 +345,7 @@ def replay_cmd(
     """
     from datetime import UTC
 
-    from optisync.commands.realtime import replay_letters
-    from optisync.realtime.delivery import ReplayFilter
+    from optisync.commands.realtime import ReplayFilter, replay_letters
 
     out = _output(ctx)
     if since is not None and since.tzinfo is None:

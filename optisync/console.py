@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
+def _encodable(text: str) -> str:
+    """A lone surrogate (a config value like "\\ud800") cannot be written as UTF-8; show it
+    escaped rather than fail the command on its own report."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass
 class Output:
     """The global flags every command shares, and the consoles built from them."""
@@ -51,14 +57,14 @@ class Output:
         """Data on stdout. A reader that went away (``| head``) does not change the exit
         code: the work is done, and the rest of the output is dropped quietly."""
         try:
-            self.stdout.write(text)
+            self.stdout.write(_encodable(text))
             self.stdout.flush()
         except BrokenPipeError:
             self.stdout = sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115
 
     def line(self, text: str) -> None:
         """A plain line for humans on stderr, printed whatever the terminal."""
-        self.stderr.write(text + "\n")
+        self.stderr.write(_encodable(text) + "\n")
         self.stderr.flush()
 
     def info(self, text: str) -> None:

@@ -2,16 +2,11 @@ from __future__ import annotations
 
 import shutil
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from optisync.commands import realtime as commands
-from optisync.config.models import Config
-from optisync.optimove.client import OptimoveClient
 from tests.support import EXAMPLES, KEY, SUITE_COUNTS, TOKEN, FakeOptimove, WriteConfig
 
 
@@ -54,18 +49,9 @@ def write_config(tmp_path: Path) -> WriteConfig:
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeOptimove:
+    """An Optimove stand-in in memory; pass ``fake.client`` (or use ``fake.push``/``replay``)
+    as the commands' client factory. The example config and private folders are set up."""
     fake = FakeOptimove()
-
-    def factory(config: Config) -> Callable[[], OptimoveClient]:
-        def make() -> OptimoveClient:
-            settings = config.optimove
-            return OptimoveClient(
-                settings, transport=httpx.MockTransport(fake), sleep=lambda _: None
-            )
-
-        return make
-
-    monkeypatch.setattr(commands, "client_factory_for", factory)
     monkeypatch.setenv("OPTISYNC_CONFIG", str(EXAMPLES / "optisync.yaml"))
     monkeypatch.setenv("OPTIMOVE_API_KEY", KEY)
     monkeypatch.setenv("OPTIMOVE_EVENTS_TOKEN", TOKEN)

@@ -18,8 +18,13 @@ import yaml
 from typer.testing import CliRunner
 
 from optisync.cli import app
-from optisync.config.models import OptimoveSettings
-from optisync.errors import ExitCode
+from optisync.commands import realtime as commands
+from optisync.config.models import Config, OptimoveSettings
+from optisync.errors import ExitCode, OptisyncError
+from optisync.optimove.client import OptimoveClient
+from optisync.realtime.inputs import EventSource
+from optisync.realtime.replay import ReplayFilter
+from optisync.realtime.summary import RunSummary
 from optisync.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,6 +196,60 @@ class FakeOptimove:
 
     def bodies(self, suffix: str) -> list[Any]:
         return [body for path, body in self.requests if path.endswith(suffix)]
+
+    def client(self, config: Config) -> OptimoveClient:
+        """A client factory for the commands: the configured client, answered by this fake."""
+        return OptimoveClient(config.optimove, transport=httpx.MockTransport(self), sleep=no_sleep)
+
+    def push(
+        self, source: EventSource | Path, *, expect: int = ExitCode.OK, **options: Any
+    ) -> Outcome:
+        """push-event (a Path is ``--input``) through this fake; fails on another exit code."""
+        if isinstance(source, Path):
+            source = EventSource(input=str(source))
+        summary = commands.push_event(None, source, client_factory=self.client, **options)
+        return Outcome.of(summary, expect)
+
+    def replay(self, *, expect: int = ExitCode.OK, **filters: Any) -> Outcome:
+        """replay through this fake; fails on another exit code."""
+        summary = commands.replay_letters(None, ReplayFilter(**filters), client_factory=self.client)
+        return Outcome.of(summary, expect)
+
+
+def no_sleep(_: float) -> None:
+    pass
+
+
+class Outcome:
+    """A command's summary and the error ``raise_for`` makes of it, as the CLI would show."""
+
+    def __init__(self, summary: RunSummary, error: OptisyncError | None) -> None:
+        self.summary = summary
+        self.error = error
+        self.data = summary.as_dict()  # what --json prints
+
+    @property
+    def exit_code(self) -> int:
+        return int(self.error.exit_code) if self.error else int(ExitCode.OK)
+
+    @property
+    def message(self) -> str:
+        return self.error.message if self.error else ""
+
+    @classmethod
+    def of(cls, summary: RunSummary, expect: int) -> Outcome:
+        try:
+            commands.raise_for(summary)
+            error = None
+        except OptisyncError as exc:
+            error = exc
+        outcome = cls(summary, error)
+        if outcome.exit_code != expect:
+            raise AssertionError(
+                f"{summary.command} ended {outcome.exit_code}, expected {int(expect)}:"
+                f" {outcome.message}\n{json.dumps(outcome.data, default=str)}"
+            )
+        return outcome
 
 
 def use_sandbox(

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from optisync import __version__
+from optisync.config.models import Target
 from optisync.errors import ExitCode, StorageError
 from optisync.realtime.deadletter import (
     DeadLetter,
@@ -371,3 +372,16 @@ def test_unwritable_folder_on_creation(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(Path, "mkdir", denied)
     with pytest.raises(StorageError, match="permission denied"):
         DeadLetterStore(tmp_path / "nope")
+
+
+def test_a_letter_kind_is_a_routing_target_or_input() -> None:
+    # replay --kind and the letter file names spell kinds; a new target must get one
+    assert [k.value for k in Kind] == [
+        "events",
+        "attributes",
+        "opt_in",
+        "email",
+        "promotions",
+        "input",
+    ]
+    assert {k.value for k in Kind} == {t.value for t in Target} | {"input"}

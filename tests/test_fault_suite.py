@@ -17,7 +17,7 @@ import pytest
 from optisync.config import load_config
 from optisync.events import parse_envelope
 from optisync.realtime.deadletter import DeadLetterStore
-from optisync.realtime.payloads import plan_message
+from optisync.realtime.plan import plan_message
 from optisync.realtime.routing import route
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
 from optisync.sandbox.templates import templates_from_config

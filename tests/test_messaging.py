@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from optisync.commands.realtime import config_hash
 from optisync.errors import ExitCode
 from optisync.events import parse_envelope
 from optisync.realtime.deadletter import DeadLetterStore
-from optisync.realtime.delivery import config_hash
 from optisync.realtime.localize import MemberLocale, format_value
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
 from optisync.sandbox.templates import templates_from_config

@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from optisync import durable
 from optisync.errors import ExitCode
 from optisync.metrics import RunFigures, render, write_metrics
-from tests.support import EXAMPLES, FakeOptimove, invoke
+from optisync.sandbox import Sandbox, SandboxConfig
+from tests.support import EXAMPLES, invoke, use_sandbox
 
 
 def samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -63,27 +64,31 @@ def test_the_file_is_readable_by_the_collector_under_a_strict_umask(tmp_path: Pa
 
 
 def test_push_counts_and_a_failed_run_keeps_the_last_success(
-    fake: FakeOptimove, tmp_path: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     metrics = tmp_path / "push.prom"
     events = str(EXAMPLES / "events.ndjson")
-    invoke("--metrics-file", str(metrics), "push-event", "--input", events)
-    first = samples(metrics)
-    assert value(first, "optisync_last_run_items", command="push-event", item="read") == 11
-    assert value(first, "optisync_last_run_success", command="push-event") == 1
-    success = value(first, "optisync_last_success_timestamp_seconds", command="push-event")
-    assert success == value(first, "optisync_last_run_timestamp_seconds", command="push-event")
+    config = SandboxConfig(api_key="metrics-key", events_token="metrics-token", tenant_id=1234)
+    with Sandbox(config) as box:
+        use_sandbox(monkeypatch, box, tmp_path, "metrics-key", "metrics-token")
+        invoke("--metrics-file", str(metrics), "push-event", "--input", events)
+        first = samples(metrics)
+        assert value(first, "optisync_last_run_items", command="push-event", item="read") == 11
+        assert value(first, "optisync_last_run_success", command="push-event") == 1
+        success = value(first, "optisync_last_success_timestamp_seconds", command="push-event")
+        assert success == value(first, "optisync_last_run_timestamp_seconds", command="push-event")
 
-    fake.status["UpdateCustomerAttributes"] = 401
-    invoke(
-        "--metrics-file",
-        str(metrics),
-        "push-event",
-        "--input",
-        events,
-        "--fresh",
-        expect=ExitCode.REFUSED,
-    )
+        monkeypatch.setenv("OPTIMOVE_API_KEY", "a-revoked-key")
+        monkeypatch.setenv("OPTIMOVE_EVENTS_TOKEN", "a-revoked-token")
+        invoke(
+            "--metrics-file",
+            str(metrics),
+            "push-event",
+            "--input",
+            events,
+            "--fresh",
+            expect=ExitCode.REFUSED,
+        )
     second = samples(metrics)
     assert value(second, "optisync_last_run_exit_code", command="push-event") == 5
     assert value(second, "optisync_last_run_success", command="push-event") == 0

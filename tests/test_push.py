@@ -1,4 +1,6 @@
-"""push-event and replay through the CLI, with Optimove replaced by an httpx.MockTransport."""
+"""push-event and replay through their command functions, with Optimove replaced by an
+httpx.MockTransport injected as the client factory; a few through the CLI where no request
+goes out."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
+from optisync.commands import realtime as commands
 from optisync.errors import ExitCode
 from optisync.realtime.deadletter import DeadLetterStore
+from optisync.realtime.inputs import EventSource
 from tests.support import EXAMPLES, KEY, FakeOptimove, invoke
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -23,8 +27,7 @@ def letters(tmp_path: Path) -> list[dict[str, Any]]:
 
 
 def test_examples_push_every_target(fake: FakeOptimove, tmp_path: Path) -> None:
-    result = invoke("--json", "push-event", "--input", str(EXAMPLES / "events.ndjson"))
-    summary = json.loads(result.stdout)
+    summary = fake.push(EXAMPLES / "events.ndjson").data
     assert summary["read"] == 11
     assert summary["sent"] == 11
     assert summary["dead_lettered"] == 0
@@ -79,7 +82,7 @@ def test_customers_seen_twice_keep_order_in_separate_calls(
     ]
     path = tmp_path / "in.ndjson"
     path.write_text("\n".join(json.dumps(x) for x in lines))
-    invoke("push-event", "--only", "attributes", "--input", str(path))
+    fake.push(path, only=["attributes"])
     calls = fake.bodies("UpdateCustomerAttributes")
     assert [c["CustomerNewAttributesValuesList"][0]["Attributes"][0]["Value"] for c in calls] == [
         "Silver",
@@ -120,8 +123,8 @@ def test_invalid_lines_are_dead_lettered_and_the_rest_sent(
         )
         + "\n"
     )
-    result = invoke("--json", "push-event", "--input", str(path), expect=ExitCode.INVALID_INPUT)
-    summary = json.loads(result.stdout)
+    result = fake.push(path, expect=ExitCode.INVALID_INPUT)
+    summary = result.data
     assert (summary["read"], summary["valid"], summary["invalid"], summary["sent"]) == (5, 1, 4, 1)
     found = {letter["source"]["line"]: letter for letter in letters(tmp_path)}
     assert sorted(found) == [3, 4, 5, 6]
@@ -136,7 +139,7 @@ def test_invalid_lines_are_dead_lettered_and_the_rest_sent(
     assert "4111 1111" not in text and "4111111111111111" not in text
     assert "************1111" in text
     assert "NaN is not valid JSON" in found[6]["error"]["message"]
-    assert "4 invalid record(s)" in result.stderr
+    assert result.message.startswith(f"4 invalid record(s) kept in {tmp_path / 'dl'} ")
 
 
 def test_dry_run_sends_and_writes_nothing(fake: FakeOptimove, tmp_path: Path) -> None:
@@ -152,21 +155,14 @@ def test_dry_run_sends_and_writes_nothing(fake: FakeOptimove, tmp_path: Path) ->
 
 
 def test_single_event_from_flags(fake: FakeOptimove) -> None:
-    invoke(
-        "push-event",
-        "--type",
-        "MEMBER_TIER",
-        "--member",
-        "M7",
-        "--id",
-        "e1",
-        "--occurred-at",
-        "2026-11-25T10:00:00+01:00",
-        "--data",
-        '{"tier": "Gold"}',
-        "--only",
-        "events",
+    source = EventSource(
+        type="MEMBER_TIER",
+        member="M7",
+        event_id="e1",
+        occurred_at="2026-11-25T10:00:00+01:00",
+        data='{"tier": "Gold"}',
     )
+    fake.push(source, only=["events"])
     assert fake.bodies("reportEvent") == [
         {
             "tenant": 1234,
@@ -188,10 +184,8 @@ def test_a_refused_request_is_dead_lettered_and_run_goes_on(
     fake: FakeOptimove, tmp_path: Path
 ) -> None:
     fake.status["UpdateCustomerAttributes"] = 400
-    result = invoke(
-        "--json", "push-event", "--input", str(EXAMPLES / "events.ndjson"), expect=ExitCode.PARTIAL
-    )
-    summary = json.loads(result.stdout)
+    result = fake.push(EXAMPLES / "events.ndjson", expect=ExitCode.PARTIAL)
+    summary = result.data
     assert summary["dead_lettered"] == 7  # the seven messages that update attributes
     found = letters(tmp_path)
     assert {x["kind"] for x in found} == {"attributes"}
@@ -201,51 +195,57 @@ def test_a_refused_request_is_dead_lettered_and_run_goes_on(
     # each letter holds that message's own request, ready to replay
     assert all(len(x["request"]["CustomerNewAttributesValuesList"]) == 1 for x in found)
     assert len(fake.bodies("SendTransactionalMail")) == 8
+    # the error says where the letters are
+    assert (
+        result.message
+        == f"7 message(s) dead-lettered in {tmp_path / 'dl'} (4 sent, 7 dead-lettered)"
+    )
 
 
 def test_bad_key_stops_the_run_and_keeps_everything(fake: FakeOptimove, tmp_path: Path) -> None:
     fake.status["Mail"] = 401
     fake.status["Attributes"] = 401
-    result = invoke(
-        "--json", "push-event", "--input", str(EXAMPLES / "events.ndjson"), expect=ExitCode.REFUSED
-    )
-    summary = json.loads(result.stdout)
+    result = fake.push(EXAMPLES / "events.ndjson", expect=ExitCode.REFUSED)
+    summary = result.data
     assert summary["stopped"] == "auth"
     assert summary["sent"] + summary["dead_lettered"] == 11
     assert any(x["error"]["class"] == "auth" for x in letters(tmp_path))
-    assert KEY not in result.stdout + result.stderr
+    assert result.message.endswith(f"undelivered messages were dead-lettered in {tmp_path / 'dl'}")
+    assert KEY not in json.dumps(summary) + result.message + str(result.error.hint)
     assert KEY not in json.dumps(letters(tmp_path))
 
 
 def test_unavailable_after_retries_exits_6(fake: FakeOptimove, tmp_path: Path) -> None:
     fake.status["reportEvent"] = 503
-    result = invoke(
-        "--json",
-        "push-event",
-        "--input",
-        str(EXAMPLES / "events.ndjson"),
-        expect=ExitCode.UNAVAILABLE,
-    )
-    summary = json.loads(result.stdout)
+    result = fake.push(EXAMPLES / "events.ndjson", expect=ExitCode.UNAVAILABLE)
+    summary = result.data
     assert summary["stopped"] == "unavailable"
     assert summary["sent"] + summary["dead_lettered"] == 11
     assert {x["error"]["class"] for x in letters(tmp_path)} == {"transient"}
+    assert result.message == (
+        "Optimove unavailable after 2 attempts on events: forced 503;"
+        f" undelivered messages were dead-lettered in {tmp_path / 'dl'}"
+    )
 
 
 def test_replay_drains_after_the_cause_is_fixed(fake: FakeOptimove, tmp_path: Path) -> None:
     fake.status["UpdateCustomerAttributes"] = 503
-    invoke("push-event", "--input", str(EXAMPLES / "events.ndjson"), expect=ExitCode.UNAVAILABLE)
+    fake.push(EXAMPLES / "events.ndjson", expect=ExitCode.UNAVAILABLE)
     before = letters(tmp_path)
     assert before
     # still failing: letters stay, attempts raised
-    invoke("replay", "--limit", "1", expect=ExitCode.UNAVAILABLE)
+    failed = fake.replay(limit=1, expect=ExitCode.UNAVAILABLE)
+    # replay stops by the same rule, and says so in the same words, as push-event
+    assert failed.message == (
+        "Optimove unavailable after 2 attempts on /Customers/UpdateCustomerAttributes:"
+        f" forced 503; undelivered messages were dead-lettered in {tmp_path / 'dl'}"
+    )
     after = letters(tmp_path)
     assert len(after) == len(before)
     assert sorted(x["attempts"] for x in after)[-1] == before[0]["attempts"] + 1
     fake.status.clear()
     fake.requests.clear()
-    result = invoke("--json", "replay")
-    summary = json.loads(result.stdout)
+    summary = fake.replay().data
     assert summary["sent"] == len(before)
     assert letters(tmp_path) == []
     # the exact bodies that failed went out again
@@ -258,20 +258,19 @@ def test_replaying_a_delivered_email_is_not_sent_twice(fake: FakeOptimove, tmp_p
     path = tmp_path / "one.ndjson"
     path.write_text((EXAMPLES / "events.ndjson").read_text().splitlines()[2])
     fake.status["SendTransactionalMail"] = 502
-    invoke("push-event", "--only", "email", "--input", str(path), expect=ExitCode.UNAVAILABLE)
+    fake.push(path, only=["email"], expect=ExitCode.UNAVAILABLE)
     (letter,) = letters(tmp_path)
     fake.sent_uids.add(letter["request"]["UniqueMessageID"])  # it did go out, unseen
     fake.status.clear()
-    result = invoke("--json", "replay")
-    assert json.loads(result.stdout)["duplicates"] == 1
+    assert fake.replay().data["duplicates"] == 1
     assert letters(tmp_path) == []
 
 
 def test_replay_skips_invalid_input_letters(fake: FakeOptimove, tmp_path: Path) -> None:
     path = tmp_path / "bad.ndjson"
     path.write_text("[1, 2]\n")
-    invoke("push-event", "--input", str(path), expect=ExitCode.INVALID_INPUT)
-    summary = json.loads(invoke("--json", "replay").stdout)
+    fake.push(path, expect=ExitCode.INVALID_INPUT)
+    summary = fake.replay().data
     assert (summary["letters"], summary["not_replayable"], summary["sent"]) == (1, 1, 0)
     assert len(letters(tmp_path)) == 1
 
@@ -313,7 +312,7 @@ def test_opt_out_reaches_optimove_by_the_configured_method(
     }
     path = tmp_path / "one.ndjson"
     path.write_text(json.dumps(event))
-    invoke("push-event", "--only", "opt_in", "--input", str(path))
+    fake.push(path, only=["opt_in"])
     paths = {p.rsplit("/", 1)[-1] for p, _ in fake.requests}
     assert paths == expected
     if "AddUnsubscribers" in expected:
@@ -323,3 +322,56 @@ def test_opt_out_reaches_optimove_by_the_configured_method(
     if "reportEvent" in expected:
         (body,) = fake.bodies("reportEvent")
         assert (body["event"], body["context"]) == ("opt_in_email", {"opted_in": False})
+
+
+UNROUTED_CONFIG = """
+optimove:
+  api_url: http://127.0.0.1:9
+  events_url: http://127.0.0.1:9/reportEvent
+  tenant_id: 1234
+events:
+  MEMBER_TIER: {name: member_tier, context: {tier: data.tier}}
+routing:
+  rules:
+    - {types: [MEMBER_TIER], where: [{field: data.tier, op: eq, value: Gold}], to: [events]}
+  unrouted: dead_letter
+"""
+
+
+def test_an_unrouted_message_is_kept_as_an_input_letter(
+    fake: FakeOptimove, tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    config = write_config(UNROUTED_CONFIG)
+    path = tmp_path / "in.ndjson"
+    path.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "id": f"t-{tier}",
+                    "type": "MEMBER_TIER",
+                    "member_id": "M1",
+                    "occurred_at": "2026-11-25T10:00:00Z",
+                    "data": {"tier": tier},
+                }
+            )
+            for tier in ("Gold", "Silver")
+        )
+    )
+    # a dry run writes no letter, and shows the message going nowhere
+    dry = invoke("-c", str(config), "push-event", "--dry-run", "--input", str(path))
+    assert "line 2 t-Silver MEMBER_TIER -> nothing (rules: )" in dry.stdout
+    assert letters(tmp_path) == []
+    summary = commands.push_event(
+        config, EventSource(input=str(path)), client_factory=fake.client
+    ).as_dict()
+    assert (summary["sent"], summary["unrouted"], summary["dead_lettered"]) == (1, 1, 1)
+    (letter,) = letters(tmp_path)
+    assert (letter["kind"], letter["message_id"], letter["error"]["message"]) == (
+        "input",
+        "t-Silver",
+        "no routing rule matches",
+    )
+    # a rerun of the same file skips what the journal says was kept
+    again = commands.push_event(config, EventSource(input=str(path)), client_factory=fake.client)
+    assert again.skipped == 2
+    assert len(letters(tmp_path)) == 1

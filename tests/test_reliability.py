@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from optisync.errors import ExitCode
+from optisync import logs
+from optisync.errors import ExitCode, StorageError
 from optisync.realtime import deadletter
 from optisync.realtime.deadletter import DeadLetterStore
 from optisync.realtime.journal import Journal, journal_path
@@ -115,8 +116,9 @@ def test_full_disk_stops_without_acknowledging(
     monkeypatch.setattr(deadletter.os, "write", full)
     source = tmp_path / "in.ndjson"
     source.write_text((EXAMPLES / "events.ndjson").read_text())
-    result = invoke("push-event", "--input", str(source), expect=ExitCode.UNAVAILABLE)
-    assert "the disk is full" in result.stderr
+    with pytest.raises(StorageError, match="the disk is full") as info:
+        fake.push(source)
+    assert info.value.exit_code == ExitCode.UNAVAILABLE
     store = DeadLetterStore(tmp_path / "dl")
     assert store.count() == 0
     assert list(store.tmp_dir.iterdir()) == []
@@ -127,7 +129,7 @@ def test_full_disk_stops_without_acknowledging(
     journal = Journal(journal_path(state, source))
     assert len(journal) < 11
     journal.close()
-    summary = json.loads(invoke("--json", "push-event", "--input", str(source)).stdout)
+    summary = fake.push(source).data
     assert summary["dead_lettered"] == 0
     assert summary["sent"] + summary["skipped"] == 11
 
@@ -216,17 +218,12 @@ def test_unwritable_output_folder_is_a_clear_error(
 def test_log_pii_and_json_format(fake: FakeOptimove, tmp_path: Path) -> None:
     fake.status["UpdateCustomerAttributes"] = 400
     log = tmp_path / "run.log"
-    invoke(
-        "--log-file",
-        str(log),
-        "--log-format",
-        "json",
-        "--log-pii",
-        "push-event",
-        "--input",
-        str(EXAMPLES / "events.ndjson"),
-        expect=ExitCode.PARTIAL,
-    )
+    # what --log-file run.log --log-format json --log-pii sets up
+    logs.setup(0, log_file=log, log_format="json", log_pii=True)
+    try:
+        fake.push(EXAMPLES / "events.ndjson", expect=ExitCode.PARTIAL)
+    finally:
+        logs.setup(0)
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert {line["level"] for line in lines} >= {"warning", "info"}
     assert any("M000124" in line["message"] for line in lines)
@@ -239,13 +236,13 @@ def test_a_stop_signal_waits_until_the_answers_in_hand_are_recorded(sig: int) ->
     # Once a send leaves the in-flight set only the handler can journal or dead-letter it;
     # a signal landing inside the handler used to drop the rest of that answer.
     from optisync.optimove.outcome import Endpoint
-    from optisync.realtime.delivery import _Sender, sigterm_as_interrupt
+    from optisync.realtime.sender import Sender, sigterm_as_interrupt
 
     class Echo:
         def send(self, endpoint: Endpoint, body: object) -> object:
             return body
 
-    sender = _Sender(Echo(), workers=1)  # type: ignore[arg-type]
+    sender: Sender[str] = Sender(Echo(), workers=1)  # type: ignore[arg-type]
     handled: list[object] = []
 
     def handle(tag: object, delivery: object, exc: BaseException | None) -> None:
@@ -266,9 +263,9 @@ def test_a_stop_signal_waits_until_the_answers_in_hand_are_recorded(sig: int) ->
 
 def test_an_interrupt_keeps_its_exit_code_whatever_settles_after_it() -> None:
     # push and replay share this rule: the first reason to stop stays, an interrupt shows.
-    from optisync.realtime.delivery import Summary
+    from optisync.realtime.summary import ReplaySummary
 
-    summary = Summary(command="replay", run_id="r")
+    summary = ReplaySummary(run_id="r")
     summary.stop("unavailable", "Optimove unavailable after 6 attempts")
     summary.stop("auth", "401")
     assert summary.stopped == "unavailable"

@@ -514,3 +514,17 @@ def test_a_file_that_does_not_parse_reports_only_that(tmp_path: Path) -> None:
     report = validate_config(path)
     assert len(report.problems) == 1 and report.problems[0].line == 1
     assert "warning" not in " ".join(p.render() for p in report.problems)
+
+
+def test_output_escapes_a_lone_surrogate_instead_of_failing() -> None:
+    import io
+
+    from optisync.console import Output
+
+    out, err = io.BytesIO(), io.BytesIO()
+    wrap = {"encoding": "utf-8", "write_through": True}
+    output = Output(stdout=io.TextIOWrapper(out, **wrap), stderr=io.TextIOWrapper(err, **wrap))
+    output.write('{"key": "\ud800"}\n')
+    output.line("unknown key '\ud800'")
+    assert out.getvalue() == b'{"key": "\\ud800"}\n'
+    assert err.getvalue() == b"unknown key '\\ud800'\n"

@@ -11,13 +11,6 @@ from optisync.optimove.client import OptimoveClient
 from optisync.optimove.outcome import Endpoint
 
 
-def open_client(config: Config) -> OptimoveClient:
-    """A client built as every command builds one (shared quota, resolved secrets)."""
-    from optisync.commands import realtime
-
-    return realtime.client_factory_for(config)()
-
-
 def read(
     client: OptimoveClient, config: Config, endpoint: Endpoint, params: dict[str, Any] | None = None
 ) -> Any:

@@ -12,11 +12,14 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optisync.config import load_config
 from optisync.errors import ConfigError, RefusedError
 from optisync.optimove.outcome import Endpoint
+
+if TYPE_CHECKING:
+    from optisync.commands.realtime import ClientFactory
 
 #: Rows in one page of GetUnsubscribers.
 PAGE_SIZE = 10_000
@@ -54,6 +57,7 @@ def sync_unsubscribers(
     brand_id: int | None = None,
     since: date | None = None,
     dry_run: bool = False,
+    client_factory: ClientFactory | None = None,
 ) -> OptInSyncSummary:
     """Read the brand's unsubscribers from Optimove and reconcile the register with them.
 
@@ -66,7 +70,8 @@ def sync_unsubscribers(
         UnavailableError: Optimove did not answer (exit 6).
         StorageError: the register cannot be written (exit 6).
     """
-    from optisync.commands.account import open_client, read
+    from optisync.commands.account import read
+    from optisync.commands.realtime import build_client
 
     started = time.monotonic()
     config = load_config(path)
@@ -83,7 +88,7 @@ def sync_unsubscribers(
         params["StartDate"] = since.isoformat()
         params["EndDate"] = datetime.now(UTC).date().isoformat()
     skip = 0
-    with open_client(config) as client:
+    with (client_factory or build_client)(config) as client:
         while True:
             page = read(client, config, Endpoint.GET_UNSUBSCRIBERS, {**params, "$skip": skip})
             if not isinstance(page, list):

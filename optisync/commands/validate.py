@@ -19,6 +19,7 @@ from optisync.config.source import Source
 from optisync.errors import OptisyncError, RefusedError
 
 if TYPE_CHECKING:
+    from optisync.commands.realtime import ClientFactory
     from optisync.config.online import Account
 
 #: Seconds ``--online`` waits for the account by default, retries included.
@@ -44,9 +45,15 @@ class Validation:
 
 
 def validate(
-    path: Path, *, strict: bool = False, online: bool = False, timeout: float = DEFAULT_TIMEOUT
+    path: Path,
+    *,
+    strict: bool = False,
+    online: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+    client_factory: ClientFactory | None = None,
 ) -> Validation:
-    """Check the config at ``path``; with ``online``, against the Optimove account too."""
+    """Check the config at ``path``; with ``online``, against the Optimove account too
+    (read through ``client_factory``, by default the real client)."""
     if not online:
         # through the package, so a test can stand in for it
         return Validation(configuration.validate_config(path, strict=strict))
@@ -73,7 +80,7 @@ def validate(
             return
         nonlocal failure
         try:
-            account = fetch_account(config, timeout)
+            account = fetch_account(config, timeout, client_factory)
         except OptisyncError as exc:
             failure = exc
             return
@@ -84,7 +91,9 @@ def validate(
     return Validation(report, online=True, failure=failure, account=counts)
 
 
-def fetch_account(config: Config, timeout: float) -> Account:
+def fetch_account(
+    config: Config, timeout: float, client_factory: ClientFactory | None = None
+) -> Account:
     """The account's attributes and transactional templates, read once within ``timeout``.
 
     Raises:
@@ -104,12 +113,13 @@ def fetch_account(config: Config, timeout: float) -> Account:
         }
     )
     # only --online pays for the HTTP stack
-    from optisync.commands.account import open_client, read
+    from optisync.commands.account import read
+    from optisync.commands.realtime import build_client
     from optisync.config.online import Account
     from optisync.optimove.outcome import Endpoint
 
     bounded_config = config.model_copy(update={"optimove": bounded})
-    with open_client(bounded_config) as client:
+    with (client_factory or build_client)(bounded_config) as client:
         answers = [
             read(client, bounded_config, endpoint)
             for endpoint in (Endpoint.GET_CUSTOMER_ATTRIBUTE_LIST, Endpoint.GET_TEMPLATE_DETAILS)

@@ -1,4 +1,4 @@
-"""The dead-letter store (design.md §5): one JSON file per undelivered message.
+"""The dead-letter store: one JSON file per undelivered message (docs/dead-letters.md).
 
 Layout under the configured ``dead_letter.dir`` (Maildir style)::
 
@@ -16,7 +16,6 @@ whatever the caller passed. Secrets never reach this module: the request body is
 never its headers.
 """
 
-import contextlib
 import errno
 import hashlib
 import itertools
@@ -42,6 +41,7 @@ from pydantic import (
 
 from optisync import __version__
 from optisync.cards import mask_card_numbers, mask_text
+from optisync.config.models import Target
 from optisync.durable import atomic_write, fsync_dir
 from optisync.errors import StorageError
 
@@ -64,13 +64,15 @@ STALE_TMP_SECONDS = 300.0
 
 
 class Kind(StrEnum):
-    """Which target the message was for; ``input`` is a record that was invalid as input."""
+    """A letter's kind: the routing ``Target`` its part was for, or ``input`` for a record
+    that was invalid as input (or matched no rule). Spelled member by member so type
+    checkers see them; ``test_deadletter`` checks no target is missing."""
 
-    EVENTS = "events"
-    ATTRIBUTES = "attributes"
-    OPT_IN = "opt_in"
-    EMAIL = "email"
-    PROMOTIONS = "promotions"
+    EVENTS = Target.EVENTS.value
+    ATTRIBUTES = Target.ATTRIBUTES.value
+    OPT_IN = Target.OPT_IN.value
+    EMAIL = Target.EMAIL.value
+    PROMOTIONS = Target.PROMOTIONS.value
     INPUT = "input"
 
 
@@ -170,11 +172,6 @@ _counter_lock = threading.Lock()
 def _next_counter() -> int:
     with _counter_lock:
         return next(_counter) % 1_000_000
-
-
-def _unlink_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink()
 
 
 class DeadLetterStore:

@@ -1,16 +1,22 @@
-"""Reading events: newline-delimited JSON streamed line by line, so input size never raises
-memory, and every bad line becomes a reason with its line number instead of a crash."""
+"""Reading events: from flags, one JSON file, or newline-delimited JSON streamed line by
+line, so input size never raises memory, and every bad line becomes a reason with its line
+number instead of a crash (docs/envelope.md)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any
 
 from pydantic import ValidationError
 
 from optisync.cards import find_card_numbers, may_hold_card
+from optisync.errors import UsageError
 from optisync.events import Envelope, parse_envelope
 
 MAX_LINE_BYTES = 1 << 20  # a longer line is refused (and skipped) without being held
@@ -43,7 +49,8 @@ def decode(text: str | bytes) -> Any:
 
 
 def check(value: Any, line: int | None, source: str | None, raw: str | None = None) -> Record:
-    """Validate a decoded value as an envelope; card numbers make it invalid (M12).
+    """Validate a decoded value as an envelope; a card number makes it invalid, since such
+    messages must never leave (docs/envelope.md).
 
     ``raw``, the JSON text the value came from, lets most records skip the card walk.
     """
@@ -99,3 +106,94 @@ def read_ndjson(stream: IO[bytes], source: str | None) -> Iterator[Record]:
             yield Record(line_no, source, value=text[:_KEEP_RAW], error=f"bad JSON: {exc}")
             continue
         yield check(value, line_no, source, text)
+
+
+Progress = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
+
+
+@dataclass
+class EventSource:
+    """Where push-event reads: flags, one JSON file, or newline-delimited JSON."""
+
+    type: str | None = None
+    member: str | None = None
+    data: str | None = None
+    email: str | None = None
+    locale: str | None = None
+    event_id: str | None = None
+    occurred_at: str | None = None
+    file: Path | None = None
+    input: str | None = None  # a path, or "-" for stdin
+
+    @property
+    def bulk(self) -> bool:
+        return self.input is not None
+
+    def check_usage(self) -> None:
+        chosen = [
+            n
+            for n, v in (("--type", self.type), ("--file", self.file), ("--input", self.input))
+            if v is not None
+        ]
+        if len(chosen) != 1:
+            raise UsageError(
+                "give exactly one of --type (with --member), --file or --input",
+                hint="e.g. optisync push-event --input events.ndjson",
+            )
+        if self.type is not None and not self.member:
+            raise UsageError("--type needs --member")
+
+    def records(self, stack: ExitStack, progress: Progress | None = None) -> Iterator[Record]:
+        """The records to push; a file opened on the way is closed with ``stack``."""
+        if self.type is not None:
+            yield self._from_flags()
+        elif self.file is not None:
+            yield self._from_file(self.file)
+        else:
+            yield from self._from_ndjson(stack, progress)
+
+    def _from_flags(self) -> Record:
+        try:
+            data = decode(self.data) if self.data else {}
+        except ValueError as exc:
+            raise UsageError(f"--data is not valid JSON: {exc}") from None
+        value: dict[str, Any] = {
+            "type": self.type,
+            "member_id": self.member,
+            "occurred_at": self.occurred_at or datetime.now(UTC).isoformat(),
+            "data": data,
+        }
+        for key, item in (("id", self.event_id), ("email", self.email), ("locale", self.locale)):
+            if item is not None:
+                value[key] = item
+        return check(value, None, "flags")
+
+    def _from_file(self, file: Path) -> Record:
+        try:
+            text = file.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {file}: {exc.strerror or exc}") from None
+        try:
+            value = decode(text.removeprefix(b"\xef\xbb\xbf"))
+        except (ValueError, RecursionError) as exc:
+            return Record(1, str(file), error=f"bad JSON: {exc}")
+        return check(value, None, str(file))
+
+    def _from_ndjson(self, stack: ExitStack, progress: Progress | None) -> Iterator[Record]:
+        assert self.input is not None
+        stream: IO[bytes]
+        total: int | None = None
+        if self.input == "-":
+            stream, name = sys.stdin.buffer, "<stdin>"
+        else:
+            path = Path(self.input)
+            try:
+                stream = stack.enter_context(path.open("rb"))
+                total = path.stat().st_size
+            except OSError as exc:
+                raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+            name = str(path)
+        for n, record in enumerate(read_ndjson(stream, name), 1):
+            yield record
+            if progress is not None and total and n % 500 == 0:
+                progress(stream.tell(), total)

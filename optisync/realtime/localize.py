@@ -1,5 +1,5 @@
-"""Locale-aware formatting (M10): Optimove does not localize transactional mail, so amounts,
-numbers and dates are sent already written the way the member reads them.
+"""Locale-aware formatting: Optimove does not localize transactional mail, so amounts,
+numbers and dates are sent already written the way the member reads them (docs/realtime.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Routing (M11), the seed's Data Integration Gateway: rules decide where each message goes.
+"""Routing: the config's rules decide where each message goes (docs/realtime.md).
 
 Every rule whose types and conditions match contributes its targets; a message no rule
 matches is reported as unrouted, never silently dropped.

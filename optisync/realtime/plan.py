@@ -1,30 +1,36 @@
 """What each routed message becomes in Optimove's terms: one ``Part`` per target.
 
 A part's ``body`` is what would be sent for this message alone; it is also what a dead
-letter keeps, so a replay re-sends exactly that. Parts of many messages are packed into one
-request where the API allows it (``pack_*``), within Optimove's documented caps.
+letter keeps, so a replay re-sends exactly that (docs/dead-letters.md). Which parts of many
+messages share one request is for ``batching`` to decide.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from optisync.config.models import MAX_CONTEXT_PARAMS, Config, Mapping, Template
+from optisync.config.models import Config, Mapping, Template
 from optisync.events import Envelope, EventType, resolve
 from optisync.optimove.formats import timestamp_for_optimove
+from optisync.optimove.limits import (
+    MAX_ATTRIBUTES_PER_CUSTOMER,
+    MAX_CONTEXT_PARAMS,
+    MAX_STRING,
+)
 from optisync.optimove.outcome import Endpoint
 from optisync.realtime.deadletter import Kind
+from optisync.realtime.inputs import Record
 from optisync.realtime.localize import MemberLocale, format_value
+from optisync.realtime.routing import Route
 
-MAX_STRING = 255
-MAX_ATTRIBUTES_PER_CUSTOMER = 10
-MAX_CUSTOMERS_PER_CALL = 1000
+if TYPE_CHECKING:
+    from optisync.realtime.optin import OptInRegister
+
 OPT_IN_EVENT = "opt_in_email"
 
 
@@ -43,9 +49,10 @@ class Part:
     endpoint: Endpoint
     body: Any
     target: str
-    # what packs with what: parts with equal keys may share a request
-    pack_key: str = ""
-    # this part's place in its message's plan (target#n): its name in the input journal
+    # the promotion code, for promotions: Optimove needs each code once per run
+    promo_code: str = ""
+    # this part's place in its message's plan (target#n), set by ``plan_message``: its name
+    # in the input journal, so a rerun after a crash skips exactly the parts handled
     slot: str = ""
 
 
@@ -67,8 +74,30 @@ def field_of(data: BaseModel, name: str) -> Any:
     return data.__dict__.get(name)
 
 
-#: (member id, email) -> the known consent, or None when nothing is known.
-OptInLookup = Callable[[str, str | None], bool | None]
+class Consent:
+    """Each member's email consent as the run learns it, in input order.
+
+    Triggered mail optisync sends itself goes only to members who opted in, so a consent
+    stated by one message must gate the mail of the same and every later message. A dry run
+    must not write the register, yet its later lines still see earlier consent.
+    """
+
+    def __init__(self, register: OptInRegister | None = None, *, dry_run: bool = False) -> None:
+        self.register = register
+        self.dry_run = dry_run
+        self.seen: dict[str, bool] = {}
+
+    def note(self, envelope: Envelope, stated: bool) -> None:
+        self.seen[envelope.member_id] = stated
+        if self.register is not None and not self.dry_run:
+            self.register.record(envelope.member_id, stated, envelope.occurred_at)
+
+    def known(self, member_id: str, email: str | None = None) -> bool | None:
+        """What this run or the register knows; the register also knows the addresses
+        unsubscribed in Optimove (``optin sync``)."""
+        if member_id in self.seen:
+            return self.seen[member_id]
+        return self.register.get(member_id, email) if self.register is not None else None
 
 
 def plan_message(
@@ -76,32 +105,27 @@ def plan_message(
     targets: tuple[str, ...],
     config: Config,
     only: set[str] | None = None,
-    opt_in: OptInLookup | None = None,
+    consent: Consent | None = None,
 ) -> Plan:
     """Build the parts for the routed targets; raises ``InvalidMessage`` if one can't be built.
 
-    ``opt_in`` tells a member's known consent, for triggered templates optisync sends itself.
+    The consent this message states is noted in ``consent`` before any part is built, so it
+    is remembered even when the message turns out invalid; ``consent`` also answers for
+    members whose consent earlier messages or runs stated.
     """
     plan = Plan()
+    stated = opt_in_state(envelope, config)
+    if stated is not None and consent is not None:
+        consent.note(envelope, stated)
     locale = MemberLocale(envelope.locale, config.locale.default_locale)
     currency = config.locale.default_currency
 
     def wanted(kind: str) -> bool:
         return only is None or kind in only
 
-    # A triggered template in event mode is sent by Optimove's real-time campaign on the
-    # reported event, so its tags travel as extra parameters of that event.
-    triggered = [
-        name
-        for target in targets
-        if target.startswith("email:")
-        and (name := target.partition(":")[2]) in config.templates
-        and config.templates[name].kind == "triggered"
-        and config.templates[name].delivery == "event"
-    ]
+    triggered = _sent_by_event(targets, config)
     if (wanted("events") and "events" in targets) or (wanted("email") and triggered):
-        extra = [config.templates[name] for name in triggered]
-        plan.parts.append(_event_part(envelope, config, locale, currency, extra))
+        plan.parts.append(_event_part(envelope, config, locale, currency, triggered))
     for target in targets:
         kind, _, name = target.partition(":")
         if not wanted(kind):
@@ -109,14 +133,44 @@ def plan_message(
         if kind == "attributes":
             plan.parts.extend(_attributes_parts(envelope, config, locale, currency, plan))
         elif kind == "opt_in":
-            plan.parts.extend(_opt_in_parts(envelope, config, targets))
+            plan.parts.extend(_opt_in_parts(envelope, config, targets, stated))
         elif kind == "email":
-            part = _email_part(envelope, config, name, locale, currency, opt_in, plan)
+            known = stated
+            if known is None and consent is not None:
+                known = consent.known(envelope.member_id, envelope.email)
+            part = _email_part(envelope, config, name, locale, currency, known, plan)
             if part:
                 plan.parts.append(part)
         elif kind == "promotions":
             plan.parts.extend(_promotion_parts(envelope))
+    for index, part in enumerate(plan.parts):
+        part.slot = f"{part.target}#{index}"
     return plan
+
+
+def _sent_by_event(targets: tuple[str, ...], config: Config) -> list[Template]:
+    """Routed triggered templates in event mode: Optimove's real-time campaign sends them on
+    the reported event, so their tags travel as extra parameters of that event."""
+    found = []
+    for target in targets:
+        kind, _, name = target.partition(":")
+        template = config.templates.get(name) if kind == "email" else None
+        if template is not None and template.kind == "triggered" and template.delivery == "event":
+            found.append(template)
+    return found
+
+
+def describe(record: Record, routed: Route, parts: list[Part]) -> dict[str, Any]:
+    """One message's plan as a dry run shows it."""
+    assert record.envelope is not None
+    return {
+        "line": record.line,
+        "id": record.envelope.message_id,
+        "type": record.envelope.type.value,
+        "rules": list(routed.rules),
+        "targets": list(routed.targets),
+        "requests": [{"endpoint": p.endpoint.value, "body": p.body} for p in parts],
+    }
 
 
 def _context_value(envelope: Envelope, name: str, mapping: Mapping, locale: Any, cur: str) -> Any:
@@ -195,7 +249,7 @@ def _attributes_parts(
             elif name in realtime and value is not None:
                 values[name] = value
     items = [{"RealFieldName": k, "Value": v} for k, v in values.items()]
-    # Optimove takes at most 10 attributes per customer in one call
+    # more attributes than Optimove takes for one customer in one call: several parts
     return [
         Part(
             Kind.ATTRIBUTES,
@@ -242,8 +296,9 @@ def opt_in_state(envelope: Envelope, config: Config) -> bool | None:
     return None
 
 
-def _opt_in_parts(envelope: Envelope, config: Config, targets: tuple[str, ...]) -> list[Part]:
-    state = opt_in_state(envelope, config)
+def _opt_in_parts(
+    envelope: Envelope, config: Config, targets: tuple[str, ...], state: bool | None
+) -> list[Part]:
     if state is None:
         return []
     settings = config.optimove.opt_in
@@ -285,7 +340,7 @@ def _email_part(
     name: str,
     locale: Any,
     currency: str,
-    opt_in: OptInLookup | None,
+    known: bool | None,
     plan: Plan,
 ) -> Part | None:
     template = config.templates.get(name)
@@ -297,7 +352,6 @@ def _email_part(
         return None  # Optimove's own campaigns send these, from attributes or the event
     if template.kind == "triggered":
         # marketing mail sent by optisync itself: only to members who opted in
-        known = opt_in(envelope.member_id, envelope.email) if opt_in else None
         if known is None:
             unknown = config.optimove.opt_in.unknown_state
             if unknown != "opted_in":
@@ -328,43 +382,7 @@ def _promotion_parts(envelope: Envelope) -> list[Part]:
             Endpoint.ADD_PROMOTIONS,
             [{"PromoCode": offer.promo_code, "PromotionName": offer.name}],
             "promotions",
-            pack_key=offer.promo_code,
+            promo_code=offer.promo_code,
         )
         for offer in offers
     ]
-
-
-def pack_transactional(bodies: list[Any]) -> Any:
-    """One SendTransactionalMail body for many recipients of one template.
-
-    Its UniqueMessageID is derived from the recipients' own ids, so the same batch always
-    carries the same id and a resend of it is answered 409, never mailed twice.
-    """
-    if len(bodies) == 1:
-        return bodies[0]
-    uids = sorted(body["UniqueMessageID"] for body in bodies)
-    digest = hashlib.sha256("\x1f".join(uids).encode()).hexdigest()[:40]
-    return {
-        "TemplateID": bodies[0]["TemplateID"],
-        "UniqueMessageID": f"optisync-b{len(bodies)}-{digest}",
-        "Recipients": [r for body in bodies for r in body["Recipients"]],
-    }
-
-
-def pack_attributes(bodies: list[Any]) -> Any:
-    """One UpdateCustomerAttributes body from single-message bodies (same customer merged)."""
-    merged: dict[str, dict[str, Any]] = {}
-    for body in bodies:
-        for entry in body["CustomerNewAttributesValuesList"]:
-            attrs = merged.setdefault(entry["CustomerID"], {})
-            for item in entry["Attributes"]:
-                attrs[item["RealFieldName"]] = item["Value"]
-    return {
-        "CustomerNewAttributesValuesList": [
-            {
-                "CustomerID": customer,
-                "Attributes": [{"RealFieldName": k, "Value": v} for k, v in attrs.items()],
-            }
-            for customer, attrs in merged.items()
-        ]
-    }
