@@ -151,7 +151,11 @@ class Plan:
 
 
 def check_attribute_limit(config: Config) -> None:
-    """M8 at run time: the realtime and batch sets together hold at most ``limit`` names."""
+    """Optimove's cap on custom attributes, checked again at run time.
+
+    The realtime and batch sets together hold at most ``limit`` names: the config may have
+    been edited since validate-config last passed it.
+    """
     names = {a.name for a in config.attributes.realtime} | {a.name for a in config.attributes.batch}
     limit = config.attributes.limit
     if len(names) > limit:

@@ -1,6 +1,6 @@
 """Publishing a run's files: staged under hidden names, renamed into place, manifest, _SUCCESS.
 
-Layout (design.md §6)::
+Layout (docs/batch.md, "Output files")::
 
     <output.dir>/<run date>/<dataset>/<dataset>-<run id>-<nnnn>.csv.gz   (or .parquet)
     <output.dir>/<run date>/<dataset>/<dataset>-<run id>-deletes-<nnnn>.csv.gz
