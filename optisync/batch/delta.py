@@ -31,9 +31,9 @@ __all__ = [
     "Delta",
     "HeldRow",
     "Runner",
+    "all_rows",
     "changed_rows",
     "compare",
-    "everything",
     "find_held",
     "full_reason",
     "held_keys",
@@ -118,7 +118,7 @@ def changed_rows(plan: Plan, changes: str) -> str:
     )
 
 
-def everything(plan: Plan, where: str | None = None) -> str:
+def all_rows(plan: Plan, where: str | None = None) -> str:
     """Every source row (or those ``where`` keeps, over ``t``) as a delta: nothing is gone."""
     no_old = ", ".join(f"NULL AS {quote(f'_s{i}')}" for i in range(len(plan.key)))
     return f"SELECT t.*, {no_old}, FALSE AS _gone, FALSE AS _held FROM ({plan.typed_sql()}) t" + (

@@ -33,7 +33,7 @@ from optisync.config.models import Config
 from optisync.durable import TMP_PREFIX, atomic_write, fsync_dir, fsync_file
 from optisync.errors import StorageError
 
-__all__ = ["FileWriter", "PublishedFile", "StagedFile", "write_file"]
+__all__ = ["FileWriter", "Kind", "PublishedFile", "StagedFile", "write_file"]
 
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"

@@ -22,8 +22,8 @@ import duckdb
 from optisync.batch.delta import (
     Delta,
     HeldRow,
+    all_rows,
     compare,
-    everything,
     find_held,
     full_reason,
     held_keys,
@@ -45,7 +45,7 @@ from optisync.batch.snowflake.state import WarehouseState
 from optisync.batch.snowflake.target import SnowflakeTarget
 from optisync.batch.snowflake.types import local_type
 from optisync.batch.source import quote
-from optisync.batch.writer import FileWriter, StagedFile
+from optisync.batch.writer import FileWriter, Kind, StagedFile
 from optisync.config.models import Config
 
 __all__ = ["export_snowflake_source", "fetch_into_duckdb"]
@@ -160,10 +160,10 @@ class WarehouseExport:
         """
         delta = Delta(plan, quote(f"optisync_delta_{plan.dataset}"))
         if result.mode == "full":
-            body = everything(plan)
+            body = all_rows(plan)
         elif watermark_mode:
             mark = (meta or {}).get("watermark", "").replace("'", "")
-            body = everything(plan, f"t.{quote(LAST_UPDATED)} > CAST('{mark}' AS TIMESTAMP_NTZ)")
+            body = all_rows(plan, f"t.{quote(LAST_UPDATED)} > CAST('{mark}' AS TIMESTAMP_NTZ)")
         else:
             self.state.ensure_fingerprints(plan)
             old = self.state.fingerprints(plan.dataset)
@@ -205,12 +205,14 @@ class WarehouseExport:
         """Fetch the delta's rows and deletions and stage them as files."""
         assert self.writer is not None and self.duck is not None
         ds = plan.dataset
-        parts = [("rows", rows)] + ([("deletes", deletes)] if deletes is not None else [])
+        parts: list[tuple[Kind, str]] = [("rows", rows)]
+        if deletes is not None:
+            parts.append(("deletes", deletes))
         for kind, relation in parts:
             local = fetch_into_duckdb(
                 self.cur, f"SELECT * FROM {relation}", self.duck, f"{kind}_{ds}"
             )
-            count, files = self.writer.stage(self.duck, ds, kind, local)  # type: ignore[arg-type]
+            count, files = self.writer.stage(self.duck, ds, kind, local)
             self.staged += files
             self.totals[(ds, kind)] = count
 

@@ -101,69 +101,83 @@ class SnowflakeTarget:
         started: datetime,
     ) -> None:
         """The dataset's transaction: rows, deletions, state and the run-log row."""
-        ds = plan.dataset
-        table = self.table(ds)
-        names = self._ensure(table, rows)
-        cols = ", ".join(quote(n) for n in names)
-        keys = plan.key_out
-        run = "'" + self.run_id.replace("'", "''") + "'"
-
-        def matching(target: str, relation: str) -> str:
-            on = " AND ".join(f"r.{quote(k)} = {target}.{quote(k)}" for k in keys)
-            return f"EXISTS (SELECT 1 FROM {relation} r WHERE {on})"
-
-        statements: list[Statement] = []
-        tables = [table]
-        if result.mode == "full":
-            statements.append((f"DELETE FROM {table}", None))
-        else:
-            statements.append((f"DELETE FROM {table} t WHERE {matching('t', rows)}", None))
-        statements.append(
-            (
-                f"INSERT INTO {table} ({cols}, {RUN_ID_COLUMN}) SELECT {cols}, {run} FROM {rows}",
-                None,
-            )
-        )
+        table = self.table(plan.dataset)
+        statements = self._upsert(plan, table, rows, full=result.mode == "full")
+        result.tables = [table]
         if deletes is not None:
-            gone = self.table(ds, "deletes")
-            gone_names = self._ensure(gone, deletes)
-            gone_cols = ", ".join(quote(n) for n in gone_names)
-            tables.append(gone)
-            statements += [
-                (f"DELETE FROM {table} t WHERE {matching('t', deletes)}", None),
-                (f"DELETE FROM {gone} t WHERE {matching('t', deletes)}", None),
-                (
-                    f"INSERT INTO {gone} ({gone_cols}, {RUN_ID_COLUMN})"
-                    f" SELECT {gone_cols}, {run} FROM {deletes}",
-                    None,
-                ),
-            ]
+            gone = self.table(plan.dataset, "deletes")
+            statements += self._delete(plan, table, gone, deletes)
+            result.tables.append(gone)
         statements += list(state)
-        result.tables = tables
-        statements += [
-            (f"DELETE FROM {self.runs} WHERE RUN_ID = ? AND DATASET = ?", (self.run_id, ds)),
+        statements += self._log(plan, result, source, started)
+        transaction(self.cur, statements)
+
+    def _run_literal(self) -> str:
+        return "'" + self.run_id.replace("'", "''") + "'"
+
+    @staticmethod
+    def _matching(plan: Plan, alias: str, relation: str) -> str:
+        """A condition on the table row ``alias``: ``relation`` holds its key (output names)."""
+        on = " AND ".join(f"r.{quote(k)} = {alias}.{quote(k)}" for k in plan.key_out)
+        return f"EXISTS (SELECT 1 FROM {relation} r WHERE {on})"
+
+    def _upsert(self, plan: Plan, table: str, rows: str, *, full: bool) -> list[Statement]:
+        """Replace the rows by key (a full export: the whole table), tagged with the run."""
+        cols = ", ".join(quote(n) for n in self._ensure(table, rows))
+        where = "" if full else f" t WHERE {self._matching(plan, 't', rows)}"
+        return [
+            (f"DELETE FROM {table}{where}", None),
+            (
+                f"INSERT INTO {table} ({cols}, {RUN_ID_COLUMN})"
+                f" SELECT {cols}, {self._run_literal()} FROM {rows}",
+                None,
+            ),
+        ]
+
+    def _delete(self, plan: Plan, table: str, gone: str, deletes: str) -> list[Statement]:
+        """Remove the deleted keys from the table; record them in the deletions table."""
+        cols = ", ".join(quote(n) for n in self._ensure(gone, deletes))
+        return [
+            (f"DELETE FROM {table} t WHERE {self._matching(plan, 't', deletes)}", None),
+            (f"DELETE FROM {gone} t WHERE {self._matching(plan, 't', deletes)}", None),
+            (
+                f"INSERT INTO {gone} ({cols}, {RUN_ID_COLUMN})"
+                f" SELECT {cols}, {self._run_literal()} FROM {deletes}",
+                None,
+            ),
+        ]
+
+    def _log(
+        self, plan: Plan, result: DatasetResult, source: str, started: datetime
+    ) -> list[Statement]:
+        """The run's row in OPTISYNC_RUNS, replacing one a crashed attempt may have left."""
+        facts = (
+            self.run_id,
+            plan.dataset,
+            result.mode,
+            result.reason,
+            result.rows,
+            result.deletions,
+            result.held,
+            ", ".join(result.tables),
+            result.watermark,
+            source,
+            started.strftime("%Y-%m-%d %H:%M:%S"),
+            __version__,
+        )
+        return [
+            (
+                f"DELETE FROM {self.runs} WHERE RUN_ID = ? AND DATASET = ?",
+                (self.run_id, plan.dataset),
+            ),
             (
                 f"INSERT INTO {self.runs} (RUN_ID, DATASET, MODE, REASON, ROW_COUNT,"
                 " DELETE_COUNT, HELD_COUNT, TARGET_TABLES, WATERMARK, SOURCE, STARTED_AT,"
                 " FINISHED_AT, OPTISYNC_VERSION) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
                 " CAST(? AS TIMESTAMP_NTZ), CURRENT_TIMESTAMP(), ?",
-                (
-                    self.run_id,
-                    ds,
-                    result.mode,
-                    result.reason,
-                    result.rows,
-                    result.deletions,
-                    result.held,
-                    ", ".join(tables),
-                    result.watermark,
-                    source,
-                    started.strftime("%Y-%m-%d %H:%M:%S"),
-                    __version__,
-                ),
+                facts,
             ),
         ]
-        transaction(self.cur, statements)
 
 
 def open_target(config: Config, run_id: str, stack: ExitStack) -> SnowflakeTarget:
