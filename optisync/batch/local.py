@@ -10,7 +10,7 @@ the state advanced, by ``publish_files`` and the caller (docs/batch.md, "Crash s
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -60,7 +60,7 @@ class Target(Protocol):
         result: DatasetResult,
         rows: str,
         deletes: str | None,
-        state: Any,
+        state: Sequence[Any],
         *,
         source: str,
         started: datetime,
@@ -271,7 +271,9 @@ class LocalExport:
             "watermark": result.watermark or "",
         }
 
-    def _quarantine(self, root: Path, plan: Plan, result: DatasetResult, held: list[Any]) -> None:
+    def _quarantine(
+        self, root: Path, plan: Plan, result: DatasetResult, held: list[HeldRow]
+    ) -> None:
         if held:
             path = quarantine(root, self.summary.run_date, self.summary.run_id, plan, held)
             result.quarantine = str(path)
