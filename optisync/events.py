@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializeAsAny,
     TypeAdapter,
     field_validator,
 )
@@ -180,7 +181,9 @@ class Envelope(BaseModel):
         None
     )
     locale: Annotated[str, Field(pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")] | None = None
-    data: Data
+    # SerializeAsAny: dumped as the type's own model, not as the empty base (a dead letter
+    # keeps the whole envelope).
+    data: SerializeAsAny[Data]
 
     @field_validator("data", mode="before")
     @classmethod

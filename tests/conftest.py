@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import shutil
 import textwrap
 from collections.abc import Callable
@@ -9,16 +8,11 @@ from typing import Any
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
-from optisync.cli import app
 from optisync.commands import realtime as commands
 from optisync.config.models import Config
-from optisync.errors import ExitCode
 from optisync.optimove.client import OptimoveClient
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
+from tests.support import EXAMPLES, KEY, SUITE_COUNTS, TOKEN, FakeOptimove, WriteConfig
 
 
 @pytest.fixture(autouse=True)
@@ -34,34 +28,12 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("OPTISYNC_OPTIMOVE__STATE_DIR", str(tmp_path / "state"))
 
 
-class Result:
-    def __init__(self, exit_code: int, stdout: str, stderr: str) -> None:
-        self.exit_code = exit_code
-        self.stdout = stdout
-        self.stderr = stderr
-
-
-def invoke(*args: str, expect: int | None = ExitCode.OK, input: str | None = None) -> Result:
-    """Run the CLI in-process and fail loudly, with its output, on an unexpected exit code."""
-    result = CliRunner().invoke(app, list(args), input=input)
-    if expect is not None and result.exit_code != expect:
-        raise AssertionError(
-            f"optisync {' '.join(args)} exited {result.exit_code}, expected {int(expect)}\n"
-            f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}\n"
-            f"--- exception\n{result.exception!r}"
-        )
-    return Result(result.exit_code, result.stdout, result.stderr)
-
-
 @pytest.fixture
 def example_dir(tmp_path: Path) -> Path:
     """A private copy of examples/ so tests may edit it."""
     target = tmp_path / "examples"
     shutil.copytree(EXAMPLES, target)
     return target
-
-
-WriteConfig = Callable[..., Path]
 
 
 @pytest.fixture
@@ -78,39 +50,6 @@ def write_config(tmp_path: Path) -> WriteConfig:
         return path
 
     return write
-
-
-KEY = "test-key-7f3a9c"
-TOKEN = "test-token-51be"
-
-
-class FakeOptimove:
-    """Answers like Optimove and records every request it accepted."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, Any]] = []
-        self.status: dict[str, int] = {}  # path suffix -> forced status
-        self.sent_uids: set[str] = set()
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        path = request.url.path
-        for suffix, status in self.status.items():
-            if path.endswith(suffix):
-                return httpx.Response(status, json={"Error": f"forced {status}"})
-        body = json.loads(request.content)
-        self.requests.append((path, body))
-        if path.endswith("SendTransactionalMail"):
-            uid = body.get("UniqueMessageID")
-            if uid in self.sent_uids:
-                return httpx.Response(409, json={"IsSuccess": False, "Error": "succeeded before"})
-            self.sent_uids.add(uid)
-            return httpx.Response(200, json={"IsSuccess": True, "SendID": 1, "Error": None})
-        if path.endswith("reportEvent"):
-            return httpx.Response(200, json={"status": "success", "message": "1"})
-        return httpx.Response(202, json={"requestId": "r"})
-
-    def bodies(self, suffix: str) -> list[Any]:
-        return [body for path, body in self.requests if path.endswith(suffix)]
 
 
 @pytest.fixture
@@ -138,63 +77,8 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeOptimove:
     return fake
 
 
-def use_sandbox(
-    monkeypatch: pytest.MonkeyPatch,
-    box: Any,
-    tmp_path: Path,
-    key: str,
-    token: str,
-    **settings: str,
-) -> None:
-    """Point the example config at a live sandbox, with fast retries and private folders.
-
-    ``settings`` are further overrides, e.g. ``OPTIMOVE__RETRY__MAX_ATTEMPTS="2"``.
-    """
-    env = {
-        "OPTISYNC_CONFIG": str(EXAMPLES / "optisync.yaml"),
-        "OPTIMOVE_API_KEY": key,
-        "OPTIMOVE_EVENTS_TOKEN": token,
-        "OPTIMOVE_API_URL": box.url,
-        "OPTIMOVE_EVENTS_URL": box.events_url,
-        "OPTISYNC_DEAD_LETTER__DIR": str(tmp_path / "dl"),
-        "OPTISYNC_OPTIMOVE__RETRY__BASE_DELAY": "0.001",
-        "OPTISYNC_OPTIMOVE__RETRY__MAX_DELAY": "0.01",
-        **{f"OPTISYNC_{name}": value for name, value in settings.items()},
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-
-
-SUITE_COUNTS: list[str] = []
-
-
-def report(line: str) -> None:
-    """A suite's counts, printed at the end of every run (CI included), not just with -s."""
-    SUITE_COUNTS.append(line)
-
-
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if SUITE_COUNTS:
         terminalreporter.section("fault, crash and quota suites")
         for line in SUITE_COUNTS:
             terminalreporter.write_line(line)
-
-
-def tier_or_redemption(i: int, redemption: bool) -> dict[str, Any]:
-    """Message i: a tier change (events only) or a redemption (an event and a mail)."""
-    if not redemption:
-        return {
-            "id": f"t-{i}",
-            "type": "MEMBER_TIER",
-            "member_id": f"M{i}",
-            "occurred_at": "2026-11-25T10:00:00Z",
-            "data": {"tier": "Gold"},
-        }
-    return {
-        "id": f"r-{i}",
-        "type": "REDEMPTION",
-        "member_id": f"M{i}",
-        "email": f"m{i}@example.com",
-        "occurred_at": "2026-11-25T10:00:00Z",
-        "data": {"redemption_id": f"R{i}", "points": i, "reward_name": "Gift"},
-    }

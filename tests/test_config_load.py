@@ -9,8 +9,7 @@ import pytest
 from optisync.config import load_config
 from optisync.config.models import optimove_type
 from optisync.errors import ConfigError
-
-from .conftest import WriteConfig
+from tests.support import WriteConfig
 
 
 def test_env_interpolation_with_default(write_config: WriteConfig) -> None:
@@ -60,30 +59,41 @@ def test_secrets_never_in_repr_or_dump(write_config: WriteConfig) -> None:
     assert "SECRET-TOKEN-2" not in text
 
 
-def test_invalid_config_raises_with_every_problem(write_config: WriteConfig) -> None:
-    path = write_config("optimove:\n  concurency: 2\nlocale: {default_locale: 5}\n")
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "optimove:\n  concurency: 2\nlocale: {default_locale: 5}\n",
+            [
+                (
+                    2,
+                    "optimove.concurency: unknown key 'concurency'\n"
+                    "  hint: did you mean 'concurrency'?",
+                ),
+                (3, "locale.default_locale: Input should be a valid string"),
+            ],
+            id="invalid_config_raises_with_every_problem",
+        ),
+        pytest.param(
+            "locale: {}\nlocale: {}\n",
+            [(2, "locale: duplicate key (first at line 1); YAML keeps only one")],
+            id="duplicate_yaml_key_is_reported",
+        ),
+    ],
+)
+def test_load_refuses_naming_every_problem(
+    write_config: WriteConfig, text: str, expected: list[tuple[int, str]]
+) -> None:
+    path = write_config(text)
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={})
-    assert info.value.problems == [
-        f"{path}:2: optimove.concurency: unknown key 'concurency'\n"
-        "  hint: did you mean 'concurrency'?",
-        f"{path}:3: locale.default_locale: Input should be a valid string",
-    ]
+    assert info.value.problems == [f"{path}:{line}: {problem}" for line, problem in expected]
 
 
 def test_relative_paths_resolve_against_the_config_folder(write_config: WriteConfig) -> None:
     path = write_config("dead_letter: {dir: letters}\n")
     config = load_config(path, environ={})
     assert config.path(config.dead_letter.dir) == path.parent / "letters"
-
-
-def test_duplicate_yaml_key_is_reported(write_config: WriteConfig) -> None:
-    path = write_config("locale: {}\nlocale: {}\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path, environ={})
-    assert info.value.problems == [
-        f"{path}:2: locale: duplicate key (first at line 1); YAML keeps only one"
-    ]
 
 
 @pytest.mark.parametrize(

@@ -20,44 +20,18 @@ import pytest
 
 from optisync.realtime.deadletter import DeadLetterStore
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
-
-from .conftest import report, tier_or_redemption
+from tests.support import (
+    EXAMPLES,
+    RECEIPT_TEMPLATE,
+    accepted_messages,
+    config_yaml,
+    report,
+    tier_or_redemption,
+)
 
 KEY, TOKEN = "crash-key", "crash-token"
 TRIALS = 20
 OPTISYNC = [sys.executable, "-m", "optisync"]
-
-CONFIG = """\
-optimove:
-  api_url: {url}
-  events_url: {url}/reportEvent
-  tenant_id: 1234
-  api_key: ${{OPTIMOVE_API_KEY}}
-  events_token: ${{OPTIMOVE_EVENTS_TOKEN}}
-  concurrency: 4
-  rate_limit: {{requests: 10000, per_seconds: 1}}
-  transactional_rate_limit: {{requests: 10000, per_seconds: 1}}
-  timeouts: {{connect: 2, read: 2}}
-  retry: {{max_attempts: 3, base_delay: 0.001, max_delay: 0.01}}
-  state_dir: {state}
-attributes:
-  realtime: [{{name: TierName, type: string, source: data.tier, events: [MEMBER_TIER]}}]
-  emd: {{opt_in_key: email_opt_in}}
-events:
-  MEMBER_TIER: {{name: member_tier, context: {{message_id: id}}}}
-  REDEMPTION: {{name: redemption, context: {{message_id: id}}}}
-templates:
-  receipt:
-    kind: transactional
-    template_id: 11
-    event: REDEMPTION
-    attribute_mappings: {{POINTS: data.points}}
-routing:
-  rules:
-    - {{types: [MEMBER_TIER], to: [events, attributes]}}
-    - {{types: [REDEMPTION], to: [events, "email:receipt"]}}
-dead_letter: {{dir: {dl}}}
-"""
 
 
 def messages(n: int) -> list[dict[str, Any]]:
@@ -71,7 +45,42 @@ def env(tmp_path: Path) -> Iterator[tuple[Sandbox, dict[str, str], Path]]:
     )
     with Sandbox(config) as box:
         path = tmp_path / "optisync.yaml"
-        path.write_text(CONFIG.format(url=box.url, dl=tmp_path / "dl", state=tmp_path / "st"))
+        path.write_text(
+            config_yaml(
+                box.url,
+                dead_letters=tmp_path / "dl",
+                optimove={
+                    "concurrency": 4,
+                    "rate_limit": {"requests": 10000, "per_seconds": 1},
+                    "transactional_rate_limit": {"requests": 10000, "per_seconds": 1},
+                    "timeouts": {"connect": 2, "read": 2},
+                    "retry": {"max_attempts": 3, "base_delay": 0.001, "max_delay": 0.01},
+                    "state_dir": str(tmp_path / "st"),
+                },
+                attributes={
+                    "realtime": [
+                        {
+                            "name": "TierName",
+                            "type": "string",
+                            "source": "data.tier",
+                            "events": ["MEMBER_TIER"],
+                        }
+                    ],
+                    "emd": {"opt_in_key": "email_opt_in"},
+                },
+                events={
+                    "MEMBER_TIER": {"name": "member_tier", "context": {"message_id": "id"}},
+                    "REDEMPTION": {"name": "redemption", "context": {"message_id": "id"}},
+                },
+                templates=RECEIPT_TEMPLATE,
+                routing={
+                    "rules": [
+                        {"types": ["MEMBER_TIER"], "to": ["events", "attributes"]},
+                        {"types": ["REDEMPTION"], "to": ["events", "email:receipt"]},
+                    ]
+                },
+            )
+        )
         environ = {
             **os.environ,
             "OPTISYNC_CONFIG": str(path),
@@ -101,16 +110,6 @@ def check_folder(store: DeadLetterStore) -> None:
         json.loads(path.read_bytes())
 
 
-def accepted(box: Sandbox) -> tuple[list[str], list[str]]:
-    events = [
-        e["context"]["message_id"]
-        for r in box.received("events")
-        for e in (r["body"] if isinstance(r["body"], list) else [r["body"]])
-    ]
-    mails = [x["Email"] for r in box.received("transactional") for x in r["body"]["Recipients"]]
-    return events, mails
-
-
 @pytest.mark.slow
 def test_push_killed_at_random_then_rerun(env: tuple[Sandbox, dict[str, str], Path]) -> None:
     box, environ, tmp = env
@@ -129,7 +128,7 @@ def test_push_killed_at_random_then_rerun(env: tuple[Sandbox, dict[str, str], Pa
         check_folder(store)
     # the lock is recovered and the rerun finishes
     assert run(["push-event", "--input", str(source)], environ) in {0, 7}
-    events, mails = accepted(box)
+    events, mails = accepted_messages(box)
     lettered = {letter.message_id for _, letter in store.iter_letters()}
     assert {m["id"] for m in msgs} <= set(events) | lettered, "a message was lost"
     assert len(mails) == len(set(mails)), "a member was mailed twice"
@@ -165,7 +164,7 @@ def test_replay_killed_at_random_then_rerun(env: tuple[Sandbox, dict[str, str], 
             break
     assert run(["replay"], environ) == 0
     assert store.count() == 0
-    events, mails = accepted(box)
+    events, mails = accepted_messages(box)
     assert {m["id"] for m in msgs} <= set(events)
     assert len(mails) == len(set(mails)), "a member was mailed twice"
     report(f"crash suite (replay): kills={kills} letters={before} lost=0 duplicated_mails=0")
@@ -180,8 +179,6 @@ def test_export_killed_at_random_then_rerun(tmp_path: Path) -> None:
     import gzip
     import hashlib
     import shutil
-
-    from .conftest import EXAMPLES
 
     shutil.copytree(EXAMPLES / "data", tmp_path / "examples" / "data")
     config = tmp_path / "examples" / "optisync.yaml"

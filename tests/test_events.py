@@ -9,8 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from optisync.events import DATA_MODELS, EventType, has_path, parse_envelope
-
-from .conftest import EXAMPLES, invoke
+from tests.support import EXAMPLES, invoke
 
 
 def sample(**over: Any) -> dict[str, Any]:
@@ -114,3 +113,25 @@ def test_an_unknown_type_is_the_only_error_reported() -> None:
             }
         )
     assert [e["loc"] for e in err.value.errors()] == [("type",)]
+
+
+def test_an_envelope_dumps_its_typed_data_whole() -> None:
+    """A dead letter stores ``envelope.model_dump``: the data must survive it, not become {}."""
+    from optisync.events import parse_envelope
+
+    raw = {
+        "type": "REDEMPTION",
+        "member_id": "M1",
+        "occurred_at": "2026-01-01T00:00:00Z",
+        "data": {
+            "redemption_id": "R1",
+            "points": 250,
+            "reward_name": "Free coffee",
+            "reward_value": {"amount": "12.50", "currency": "CAD"},
+        },
+    }
+    dumped = parse_envelope(raw).model_dump(mode="json")
+    assert dumped["data"]["redemption_id"] == "R1"
+    assert dumped["data"]["reward_value"]["currency"] == "CAD"
+    assert dumped["data"]["points"] == 250
+    assert parse_envelope(dumped) == parse_envelope(raw)

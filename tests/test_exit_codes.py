@@ -11,8 +11,7 @@ import typer
 from optisync import errors
 from optisync.cli import OptisyncGroup, app
 from optisync.errors import ExitCode
-
-from .conftest import WriteConfig, invoke
+from tests.support import EXAMPLES, ROOT, VALID_CONFIG, WriteConfig, invoke
 
 
 def test_table_matches_design() -> None:
@@ -31,9 +30,7 @@ def test_table_matches_design() -> None:
 
 
 def test_0_ok(write_config: WriteConfig) -> None:
-    from .test_validate_config import BASE
-
-    invoke("validate-config", str(write_config(BASE)), expect=ExitCode.OK)
+    invoke("validate-config", str(write_config(VALID_CONFIG)), expect=ExitCode.OK)
 
 
 def test_1_internal_error_hides_traceback_unless_verbose(
@@ -130,8 +127,6 @@ def test_every_command_has_help_with_an_example() -> None:
 def test_readme_mentions_every_command() -> None:
     from typer.main import get_command
 
-    from .conftest import ROOT
-
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     group = get_command(app)
     import click
@@ -141,27 +136,31 @@ def test_readme_mentions_every_command() -> None:
         assert f"optisync {name}" in readme, name
 
 
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["optisync", "--version"], 0),
+        (["optisync", "validate-config", "/nonexistent/optisync.yaml"], ExitCode.CONFIG),
+    ],
+    ids=["succeeded", "failed"],
+)
 def test_console_entry_keeps_the_exit_code_and_skips_the_last_collection(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], code: int
 ) -> None:
     # The console script (cli.main) freezes the heap on the way out so the interpreter's
     # final collections are skipped (a quarter of a cold push-event); it must not change
     # the code the run exits with, whether it succeeded or failed.
     from optisync.cli import main
 
-    for argv, code in (
-        (["optisync", "--version"], 0),
-        (["optisync", "validate-config", "/nonexistent/optisync.yaml"], ExitCode.CONFIG),
-    ):
-        monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "argv", argv)
+    gc.unfreeze()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main()
+        assert (exited.value.code or 0) == code
+        assert gc.get_freeze_count() > 0
+    finally:
         gc.unfreeze()
-        try:
-            with pytest.raises(SystemExit) as exited:
-                main()
-            assert (exited.value.code or 0) == code
-            assert gc.get_freeze_count() > 0
-        finally:
-            gc.unfreeze()
 
 
 @pytest.mark.parametrize(
@@ -174,8 +173,6 @@ def test_console_entry_keeps_the_exit_code_and_skips_the_last_collection(
 def test_a_reader_that_went_away_does_not_change_the_exit_code(args: list[str]) -> None:
     import os
     import subprocess
-
-    from .conftest import EXAMPLES
 
     cwd = EXAMPLES.parent
     cmd = [sys.executable, "-m", "optisync", *args]

@@ -21,8 +21,7 @@ from optisync.realtime.payloads import plan_message
 from optisync.realtime.routing import route
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
 from optisync.sandbox.templates import templates_from_config
-
-from .conftest import EXAMPLES, invoke, report, use_sandbox
+from tests.support import EXAMPLES, invoke, report, use_sandbox
 
 KEY, TOKEN = "fault-key", "fault-token"
 N = 3300  # 300 of each of the eleven types

@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 from optisync.errors import ExitCode
 from optisync.realtime.deadletter import DeadLetterStore
 from optisync.realtime.inputs import MAX_LINE_BYTES, check, read_ndjson
-
-from .conftest import EXAMPLES, invoke, report
+from tests.support import EXAMPLES, invoke, report
 
 BLNS: list[str] = json.loads((Path(__file__).parent / "data" / "blns.json").read_text())
 EXAMPLE_EVENTS = [json.loads(x) for x in (EXAMPLES / "events.ndjson").read_text().splitlines()]

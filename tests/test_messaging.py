@@ -18,8 +18,7 @@ from optisync.realtime.delivery import config_hash
 from optisync.realtime.localize import MemberLocale, format_value
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
 from optisync.sandbox.templates import templates_from_config
-
-from .conftest import EXAMPLES, invoke, use_sandbox
+from tests.support import EXAMPLES, invoke, use_sandbox
 
 KEY, TOKEN = "messaging-key", "messaging-token"
 EVENTS = [json.loads(line) for line in (EXAMPLES / "events.ndjson").read_text().splitlines()]

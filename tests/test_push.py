@@ -12,8 +12,7 @@ import pytest
 
 from optisync.errors import ExitCode
 from optisync.realtime.deadletter import DeadLetterStore
-
-from .conftest import EXAMPLES, KEY, FakeOptimove, invoke
+from tests.support import EXAMPLES, KEY, FakeOptimove, invoke
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

@@ -13,41 +13,13 @@ import pytest
 
 from optisync.optimove.quota import SharedQuota
 from optisync.sandbox import Sandbox, SandboxConfig
-
-from .conftest import report
+from tests.support import FakeClock, config_yaml, report
 
 KEY = "quota-key"
 
-CONFIG = """\
-optimove:
-  api_url: {url}
-  events_url: {url}/reportEvent
-  tenant_id: 1234
-  api_key: ${{OPTIMOVE_API_KEY}}
-  events_rate_limit: {{requests: 10, per_seconds: 1}}
-  retry: {{max_attempts: 8, base_delay: 0.05, max_delay: 0.5}}
-  state_dir: {state}
-events:
-  MEMBER_TIER: {{name: member_tier, context: {{tier: data.tier}}}}
-routing:
-  rules: [{{types: [MEMBER_TIER], to: [events]}}]
-dead_letter: {{dir: {dl}}}
-"""
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
 
 def test_two_holders_of_one_file_share_the_budget(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=1000.0)
     path = tmp_path / "q.json"
     a = SharedQuota(path, 3, 10.0, hold=5.0, clock=clock, sleep=clock.sleep, margin=0)
     b = SharedQuota(path, 3, 10.0, hold=5.0, clock=clock, sleep=clock.sleep, margin=0)
@@ -59,7 +31,7 @@ def test_two_holders_of_one_file_share_the_budget(tmp_path: Path) -> None:
 
 
 def test_a_dead_holder_frees_its_slot_after_hold_and_window(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=1000.0)
     quota = SharedQuota(
         tmp_path / "q.json", 1, 1.0, hold=5.0, clock=clock, sleep=clock.sleep, margin=0
     )
@@ -72,7 +44,7 @@ def test_a_dead_holder_frees_its_slot_after_hold_and_window(tmp_path: Path) -> N
 def test_a_waiter_sees_an_in_flight_slot_freed_without_waiting_out_its_hold(
     tmp_path: Path,
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=1000.0)
     waits: list[float] = []
     quota = SharedQuota(
         tmp_path / "q.json", 1, 1.0, hold=35.0, clock=clock, sleep=clock.sleep, margin=0
@@ -105,7 +77,20 @@ def run_three(tmp_path: Path, box: Sandbox, shared: bool) -> list[int]:
     for n in range(3):
         state = tmp_path / ("state" if shared else f"state{n}")
         cfg = tmp_path / f"c{n}.yaml"
-        cfg.write_text(CONFIG.format(url=box.url, state=state, dl=tmp_path / f"dl{n}"))
+        cfg.write_text(
+            config_yaml(
+                box.url,
+                dead_letters=tmp_path / f"dl{n}",
+                events_token=False,
+                optimove={
+                    "events_rate_limit": {"requests": 10, "per_seconds": 1},
+                    "retry": {"max_attempts": 8, "base_delay": 0.05, "max_delay": 0.5},
+                    "state_dir": str(state),
+                },
+                events={"MEMBER_TIER": {"name": "member_tier", "context": {"tier": "data.tier"}}},
+                routing={"rules": [{"types": ["MEMBER_TIER"], "to": ["events"]}]},
+            )
+        )
         source = tmp_path / f"in{n}.ndjson"
         source.write_text(
             "\n".join(

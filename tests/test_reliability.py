@@ -21,8 +21,7 @@ from optisync.realtime import deadletter
 from optisync.realtime.deadletter import DeadLetterStore
 from optisync.realtime.journal import Journal, journal_path
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
-
-from .conftest import EXAMPLES, ROOT, FakeOptimove, invoke, use_sandbox
+from tests.support import EXAMPLES, ROOT, FakeOptimove, invoke, use_sandbox
 
 KEY, TOKEN = "SECRET-KEY-3f9a0c", "SECRET-TOKEN-77c1e2"
 MEMBER, EMAIL = "M000124", "marc@example.com"

@@ -12,45 +12,16 @@ import pytest
 from optisync.errors import ExitCode
 from optisync.realtime.deadletter import DeadLetterStore
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
-
-from .conftest import invoke, tier_or_redemption
+from tests.support import (
+    RECEIPT_TEMPLATE,
+    accepted_messages,
+    config_yaml,
+    invoke,
+    tier_or_redemption,
+)
 
 KEY = "sandbox-key-integration"
 TOKEN = "sandbox-token-integration"
-
-CONFIG = """\
-optimove:
-  api_url: {url}
-  events_url: {url}/reportEvent
-  tenant_id: 1234
-  api_key: ${{OPTIMOVE_API_KEY}}
-  events_token: ${{OPTIMOVE_EVENTS_TOKEN}}
-  concurrency: 4
-  rate_limit: {{requests: 1000, per_seconds: 1}}
-  transactional_rate_limit: {{requests: 1000, per_seconds: 1}}
-  timeouts: {{connect: 2, read: 0.3}}
-  retry: {{max_attempts: 8, base_delay: 0.001, max_delay: 0.01, max_total_seconds: 30}}
-attributes:
-  emd: {{opt_in_key: email_opt_in}}
-events:
-  MEMBER_TIER:
-    name: member_tier
-    context: {{message_id: id, tier: data.tier}}
-  REDEMPTION:
-    name: redemption
-    context: {{message_id: id, points: data.points}}
-templates:
-  receipt:
-    kind: transactional
-    template_id: 11
-    event: REDEMPTION
-    attribute_mappings: {{POINTS: data.points}}
-routing:
-  rules:
-    - {{types: [MEMBER_TIER], to: [events]}}
-    - {{types: [REDEMPTION], to: [events, "email:receipt"]}}
-dead_letter: {{dir: {dl}}}
-"""
 
 
 def make_events(n: int, seed: int) -> list[dict[str, Any]]:
@@ -74,25 +45,46 @@ def sandbox() -> Any:
 @pytest.fixture
 def setup(sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "optisync.yaml"
-    path.write_text(CONFIG.format(url=sandbox.url, dl=tmp_path / "dl"))
+    path.write_text(
+        config_yaml(
+            sandbox.url,
+            dead_letters=tmp_path / "dl",
+            optimove={
+                "concurrency": 4,
+                "rate_limit": {"requests": 1000, "per_seconds": 1},
+                "transactional_rate_limit": {"requests": 1000, "per_seconds": 1},
+                "timeouts": {"connect": 2, "read": 0.3},
+                "retry": {
+                    "max_attempts": 8,
+                    "base_delay": 0.001,
+                    "max_delay": 0.01,
+                    "max_total_seconds": 30,
+                },
+            },
+            attributes={"emd": {"opt_in_key": "email_opt_in"}},
+            events={
+                "MEMBER_TIER": {
+                    "name": "member_tier",
+                    "context": {"message_id": "id", "tier": "data.tier"},
+                },
+                "REDEMPTION": {
+                    "name": "redemption",
+                    "context": {"message_id": "id", "points": "data.points"},
+                },
+            },
+            templates=RECEIPT_TEMPLATE,
+            routing={
+                "rules": [
+                    {"types": ["MEMBER_TIER"], "to": ["events"]},
+                    {"types": ["REDEMPTION"], "to": ["events", "email:receipt"]},
+                ]
+            },
+        )
+    )
     monkeypatch.setenv("OPTISYNC_CONFIG", str(path))
     monkeypatch.setenv("OPTIMOVE_API_KEY", KEY)
     monkeypatch.setenv("OPTIMOVE_EVENTS_TOKEN", TOKEN)
     return tmp_path
-
-
-def accepted(sandbox: Sandbox) -> tuple[list[str], list[str]]:
-    """Message ids of accepted events, and the recipients of accepted mails (bulk calls
-    carry up to 200 recipients under one UniqueMessageID)."""
-    events = []
-    for rec in sandbox.received("events"):
-        body = rec["body"]
-        for event in body if isinstance(body, list) else [body]:
-            events.append(event["context"]["message_id"])
-    mails = [
-        r["Email"] for rec in sandbox.received("transactional") for r in rec["body"]["Recipients"]
-    ]
-    return events, mails
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -117,7 +109,7 @@ def test_faults_lose_nothing_and_replay_drains(sandbox: Sandbox, setup: Path, se
     assert result.exit_code in {ExitCode.OK, ExitCode.PARTIAL, ExitCode.UNAVAILABLE}
     store = DeadLetterStore(setup / "dl")
     lettered = {letter.message_id for _, letter in store.iter_letters()}
-    events, mails = accepted(sandbox)
+    events, mails = accepted_messages(sandbox)
     # every message is accepted by the sandbox or kept as a dead letter: none lost
     for m in messages:
         assert m["id"] in set(events) | lettered, m["id"]
@@ -133,7 +125,7 @@ def test_faults_lose_nothing_and_replay_drains(sandbox: Sandbox, setup: Path, se
     sandbox.set_faults(Faults())
     invoke("replay")
     assert store.count() == 0
-    events, mails = accepted(sandbox)
+    events, mails = accepted_messages(sandbox)
     assert {m["id"] for m in messages} <= set(events)
     assert len(mails) == len(set(mails))
     redemptions = [m for m in messages if m["type"] == "REDEMPTION"]
@@ -151,7 +143,7 @@ def test_server_down_then_replay(sandbox: Sandbox, setup: Path) -> None:
     assert summary["dead_lettered"] == 40
     sandbox.set_faults(Faults())
     invoke("replay")
-    events, mails = accepted(sandbox)
+    events, mails = accepted_messages(sandbox)
     assert sorted(events) == sorted(m["id"] for m in messages)
 
 

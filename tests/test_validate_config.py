@@ -10,27 +10,7 @@ import pytest
 from optisync.config import validate_config
 from optisync.config.checks import template_tags
 from optisync.errors import ExitCode
-
-from .conftest import WriteConfig, invoke
-
-ALL_TYPES = (
-    "[MEMBER_REGISTRATION, OPT_IN_EMAIL, REDEMPTION, MEMBER_PROFILE_UPDATE, MEMBER_TIER,"
-    " PARTNER_CARD_LINKED, PARTNER_CARD_UNLINKED, POINTS_TRANSFERRED, PURCHASE,"
-    " HOUSEHOLD_BALANCE_UPDATED, GAMEPLAY_QUALIFIED]"
-)
-# A valid config whose lines are fixed: tests append sections after line 10.
-BASE = f"""\
-optimove:
-  api_key: ${{OPTIMOVE_API_KEY:-}}
-attributes:
-  emd:
-    opt_in_key: email_opt_in
-routing:
-  rules:
-    - types: {ALL_TYPES}
-      to: [attributes]
-locale: {{default_locale: en_CA, default_currency: CAD}}
-"""
+from tests.support import ALL_TYPES, EXAMPLES, VALID_CONFIG, WriteConfig, invoke
 
 
 def lines_of(path: Path) -> list[str]:
@@ -38,7 +18,7 @@ def lines_of(path: Path) -> list[str]:
 
 
 def test_base_config_is_valid(write_config: WriteConfig) -> None:
-    path = write_config(BASE)
+    path = write_config(VALID_CONFIG)
     assert lines_of(path) == []
     invoke("validate-config", str(path))
 
@@ -50,7 +30,7 @@ def test_51_attributes_is_one_error_naming_each_set(write_config: WriteConfig) -
     )
     batch = "".join(f"    - {{name: Bt{i}, type: INT}}\n" for i in range(20))
     shared = "    - {name: Rt0, type: INT}\n    - {name: Extra, type: INT}\n"
-    text = BASE.replace(
+    text = VALID_CONFIG.replace(
         "attributes:\n", f"attributes:\n  realtime:\n{realtime}  batch:\n{batch}{shared}"
     )
     path = write_config(text)
@@ -62,14 +42,128 @@ def test_51_attributes_is_one_error_naming_each_set(write_config: WriteConfig) -
     invoke("validate-config", str(path), expect=ExitCode.CONFIG)
 
 
-def test_exactly_50_attributes_pass(write_config: WriteConfig) -> None:
-    batch = "".join(f"    - {{name: Bt{i}, type: INT}}\n" for i in range(50))
-    path = write_config(BASE.replace("attributes:\n", f"attributes:\n  batch:\n{batch}"))
-    assert lines_of(path) == []
+FIFTY_BATCH_ATTRIBUTES = "".join(f"    - {{name: Bt{i}, type: INT}}\n" for i in range(50))
+
+
+# One edit to the valid config each, and the exact problems it yields: (line, report).
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            VALID_CONFIG.replace(
+                "attributes:\n", f"attributes:\n  batch:\n{FIFTY_BATCH_ATTRIBUTES}"
+            ),
+            [],
+            id="exactly_50_attributes_pass",
+        ),
+        pytest.param(
+            VALID_CONFIG.replace("    opt_in_key: email_opt_in\n", "    map: {}\n"),
+            [
+                (
+                    4,
+                    "attributes.emd.opt_in_key: the EMD opt-in key is not set\n"
+                    "  hint: name the Extended Member Data key that holds email consent, e.g."
+                    " opt_in_key: email_opt_in",
+                )
+            ],
+            id="emd_opt_in_key_required",
+        ),
+        pytest.param(
+            VALID_CONFIG.replace("  api_key:", "  api_url: http://127.0.0.1:9\n  api_kee:"),
+            [(3, "optimove.api_kee: unknown key 'api_kee'\n  hint: did you mean 'api_key'?")],
+            id="misspelt_key_suggests_the_nearest",
+        ),
+        pytest.param(
+            VALID_CONFIG + "routeing: {}\nevents:\n  REDEMPTON: {name: redemption}\n",
+            [
+                (11, "routeing: unknown key 'routeing'\n  hint: did you mean 'routing'?"),
+                (
+                    13,
+                    "events.REDEMPTON: unknown key 'REDEMPTON'\n"
+                    "  hint: did you mean 'REDEMPTION'?",
+                ),
+            ],
+            id="unknown_section_and_event_type",
+        ),
+        pytest.param(
+            VALID_CONFIG + "dead_letter: {retention_days: soon}\n",
+            [
+                (
+                    11,
+                    "dead_letter.retention_days: Input should be a valid integer, unable to"
+                    " parse string as an integer",
+                )
+            ],
+            id="wrong_type_is_reported",
+        ),
+        pytest.param(
+            VALID_CONFIG + "templates:\n  welcome:\n    kind: triggered\n"
+            "    event: MEMBER_REGISTRATION\n    delivery: api\n",
+            [
+                (
+                    12,
+                    "templates.welcome: a triggered template needs a positive integer"
+                    " template_id\n  hint: the TemplateID shown in OptiMail's template list",
+                )
+            ],
+            id="triggered_template_without_template_id",
+        ),
+        pytest.param(
+            VALID_CONFIG.replace("en_CA, default_currency: CAD", "xx_YY, default_currency: CAX"),
+            [
+                (
+                    10,
+                    "locale.default_locale: unknown locale 'xx_YY'\n"
+                    "  hint: a Babel locale such as en_CA or fr_CA",
+                ),
+                (
+                    10,
+                    "locale.default_currency: unknown currency 'CAX'\n"
+                    "  hint: an ISO 4217 code such as CAD or USD",
+                ),
+            ],
+            id="unknown_locale_and_currency",
+        ),
+        pytest.param(
+            VALID_CONFIG + "dead_letter:\n  dir: ${DL_DIR}\n",
+            [(12, "dead_letter.dir: environment variable DL_DIR is not set")],
+            id="unset_env_reference_is_an_error_outside_secrets",
+        ),
+        pytest.param(
+            VALID_CONFIG + "templates:\n  welcome:\n    kind: triggered\n    template_id: 5\n"
+            "    event: MEMBER_REGISTRATION\n",
+            [
+                (
+                    15,
+                    "templates.welcome.event: a triggered template in event mode is sent on the"
+                    " reported event, but events.MEMBER_REGISTRATION is not mapped to an Optimove"
+                    " event",
+                )
+            ],
+            id="event_mode_needs_the_event_mapped",
+        ),
+        pytest.param(
+            VALID_CONFIG.replace("  api_key: ${OPTIMOVE_API_KEY:-}\n", "  concurrency: 2\n"),
+            [
+                (
+                    1,
+                    "optimove: warning: no api_key: sends will fail\n"
+                    "  hint: api_key: ${OPTIMOVE_API_KEY}",
+                )
+            ],
+            id="missing_api_key_is_a_warning",
+        ),
+    ],
+)
+def test_one_edit_yields_exactly_its_problems(
+    write_config: WriteConfig, text: str, expected: list[tuple[int, str]]
+) -> None:
+    path = write_config(text)
+    assert lines_of(path) == [f"{path}:{line}: {report}" for line, report in expected]
 
 
 def test_attribute_name_type_and_duplicate(write_config: WriteConfig) -> None:
-    text = BASE.replace(
+    text = VALID_CONFIG.replace(
         "attributes:\n",
         "attributes:\n  batch:\n"
         "    - {name: 1st_name, type: INT}\n"  # line 5
@@ -89,7 +183,7 @@ def test_attribute_name_type_and_duplicate(write_config: WriteConfig) -> None:
 
 
 def test_realtime_attribute_source_must_exist(write_config: WriteConfig) -> None:
-    text = BASE.replace(
+    text = VALID_CONFIG.replace(
         "attributes:\n",
         "attributes:\n  realtime:\n"
         "    - name: Tier\n"  # line 5
@@ -104,17 +198,8 @@ def test_realtime_attribute_source_must_exist(write_config: WriteConfig) -> None
     ]
 
 
-def test_emd_opt_in_key_required(write_config: WriteConfig) -> None:
-    path = write_config(BASE.replace("    opt_in_key: email_opt_in\n", "    map: {}\n"))
-    assert lines_of(path) == [
-        f"{path}:4: attributes.emd.opt_in_key: the EMD opt-in key is not set\n"
-        "  hint: name the Extended Member Data key that holds email consent, e.g."
-        " opt_in_key: email_opt_in"
-    ]
-
-
 def test_yaml_syntax_error_names_line_and_column(write_config: WriteConfig) -> None:
-    path = write_config(BASE + "batch: {output: [unclosed\n")
+    path = write_config(VALID_CONFIG + "batch: {output: [unclosed\n")
     (problem,) = lines_of(path)
     assert problem == (
         f"{path}:11: (top): YAML syntax error at column 26: expected ',' or ']', but got"
@@ -124,32 +209,8 @@ def test_yaml_syntax_error_names_line_and_column(write_config: WriteConfig) -> N
     invoke("validate-config", str(path), expect=ExitCode.CONFIG)
 
 
-def test_misspelt_key_suggests_the_nearest(write_config: WriteConfig) -> None:
-    path = write_config(BASE.replace("  api_key:", "  api_url: http://127.0.0.1:9\n  api_kee:"))
-    assert lines_of(path) == [
-        f"{path}:3: optimove.api_kee: unknown key 'api_kee'\n  hint: did you mean 'api_key'?",
-    ]
-
-
-def test_unknown_section_and_event_type(write_config: WriteConfig) -> None:
-    path = write_config(BASE + "routeing: {}\nevents:\n  REDEMPTON: {name: redemption}\n")
-    assert lines_of(path) == [
-        f"{path}:11: routeing: unknown key 'routeing'\n  hint: did you mean 'routing'?",
-        f"{path}:13: events.REDEMPTON: unknown key 'REDEMPTON'\n"
-        "  hint: did you mean 'REDEMPTION'?",
-    ]
-
-
-def test_wrong_type_is_reported(write_config: WriteConfig) -> None:
-    path = write_config(BASE + "dead_letter: {retention_days: soon}\n")
-    assert lines_of(path) == [
-        f"{path}:11: dead_letter.retention_days: Input should be a valid integer, unable to"
-        " parse string as an integer"
-    ]
-
-
 TEMPLATE_BASE = (
-    BASE
+    VALID_CONFIG
     + """\
 templates:
   receipt:
@@ -199,21 +260,9 @@ def test_mapping_source_must_be_a_field_of_the_event(write_config: WriteConfig) 
     ]
 
 
-def test_triggered_template_without_template_id(write_config: WriteConfig) -> None:
-    text = (
-        BASE + "templates:\n  welcome:\n    kind: triggered\n"
-        "    event: MEMBER_REGISTRATION\n    delivery: api\n"
-    )
-    path = write_config(text)
-    assert lines_of(path) == [
-        f"{path}:12: templates.welcome: a triggered template needs a positive integer"
-        " template_id\n  hint: the TemplateID shown in OptiMail's template list"
-    ]
-
-
 def test_template_kind_and_missing_file(write_config: WriteConfig) -> None:
     text = (
-        BASE + "templates:\n  a: {kind: marketing}\n"
+        VALID_CONFIG + "templates:\n  a: {kind: marketing}\n"
         "  b: {kind: transactional, template_id: 0, event: PURCHASE, file: nope.html}\n"
     )
     path = write_config(text)
@@ -239,7 +288,7 @@ def test_scheduled_template_attribute_tags() -> None:
 def test_event_mapping_checks(write_config: WriteConfig) -> None:
     params = "".join(f"      p{i}: data.points\n" for i in range(51))
     text = (
-        BASE + "events:\n"
+        VALID_CONFIG + "events:\n"
         "  REDEMPTION:\n"
         "    name: Redemption\n"  # line 13
         "    context:\n"  # line 14
@@ -260,7 +309,7 @@ def test_event_mapping_checks(write_config: WriteConfig) -> None:
 
 
 def test_routing_targets_must_exist_and_unrouted_types_warn(write_config: WriteConfig) -> None:
-    text = BASE.replace(
+    text = VALID_CONFIG.replace(
         f"    - types: {ALL_TYPES}\n      to: [attributes]\n",
         "    - types: REDEMPTION\n"  # line 8
         "      to: [events, 'email:receit', webhook]\n"  # line 9
@@ -299,20 +348,8 @@ def test_routing_targets_must_exist_and_unrouted_types_warn(write_config: WriteC
     ]
 
 
-def test_unknown_locale_and_currency(write_config: WriteConfig) -> None:
-    path = write_config(
-        BASE.replace("en_CA, default_currency: CAD", "xx_YY, default_currency: CAX")
-    )
-    assert lines_of(path) == [
-        f"{path}:10: locale.default_locale: unknown locale 'xx_YY'\n"
-        "  hint: a Babel locale such as en_CA or fr_CA",
-        f"{path}:10: locale.default_currency: unknown currency 'CAX'\n"
-        "  hint: an ISO 4217 code such as CAD or USD",
-    ]
-
-
 def test_literal_secret_is_a_warning(write_config: WriteConfig) -> None:
-    path = write_config(BASE.replace("${OPTIMOVE_API_KEY:-}", "sk-live-123"))
+    path = write_config(VALID_CONFIG.replace("${OPTIMOVE_API_KEY:-}", "sk-live-123"))
     assert lines_of(path) == [
         f"{path}:2: optimove.api_key: warning: a literal secret is written in the file\n"
         "  hint: write api_key: ${OPTIMOVE_API_KEY} and export that variable"
@@ -321,16 +358,11 @@ def test_literal_secret_is_a_warning(write_config: WriteConfig) -> None:
     assert "sk-live-123" not in result.stdout + result.stderr
 
 
-def test_unset_env_reference_is_an_error_outside_secrets(write_config: WriteConfig) -> None:
-    path = write_config(BASE + "dead_letter:\n  dir: ${DL_DIR}\n")
-    assert lines_of(path) == [f"{path}:12: dead_letter.dir: environment variable DL_DIR is not set"]
-
-
 def test_all_done_when_problems_in_one_file_in_one_run(write_config: WriteConfig) -> None:
     """51 attributes, triggered without template_id, unmapped tag, YAML error, misspelt key."""
     batch = "".join(f"    - {{name: Bt{i}, type: INT}}\n" for i in range(51))
     text = (
-        BASE.replace("attributes:\n", f"attributes:\n  batch:\n{batch}").replace(
+        VALID_CONFIG.replace("attributes:\n", f"attributes:\n  batch:\n{batch}").replace(
             "  api_key:", "  api_kee:"
         )
         + "templates:\n"
@@ -354,7 +386,7 @@ def test_all_done_when_problems_in_one_file_in_one_run(write_config: WriteConfig
 
 
 def test_json_report(write_config: WriteConfig) -> None:
-    path = write_config(BASE.replace("${OPTIMOVE_API_KEY:-}", "literal"))
+    path = write_config(VALID_CONFIG.replace("${OPTIMOVE_API_KEY:-}", "literal"))
     result = invoke("--json", "validate-config", str(path))
     report = json.loads(result.stdout)
     assert report["valid"] is True
@@ -372,7 +404,7 @@ def test_json_report(write_config: WriteConfig) -> None:
 def test_config_discovery_from_env(
     write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    path = write_config(BASE + "dead_letter: {retention_days: soon}\n")
+    path = write_config(VALID_CONFIG + "dead_letter: {retention_days: soon}\n")
     monkeypatch.setenv("OPTISYNC_CONFIG", str(path))
     result = invoke("validate-config", expect=ExitCode.CONFIG)
     assert f"{path}:11: dead_letter.retention_days" in result.stderr
@@ -385,7 +417,7 @@ def test_config_discovery_from_env(
 def test_env_override_is_validated_and_named(
     write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = write_config(BASE)
+    path = write_config(VALID_CONFIG)
     monkeypatch.setenv("OPTISYNC_DEAD_LETTER__RETENTION_DAYS", "-3")
     assert lines_of(path) == [
         "env OPTISYNC_DEAD_LETTER__RETENTION_DAYS: dead_letter.retention_days: Input should be"
@@ -394,15 +426,13 @@ def test_env_override_is_validated_and_named(
 
 
 def test_example_config_is_valid() -> None:
-    from .conftest import EXAMPLES
-
     report = validate_config(EXAMPLES / "optisync.yaml")
     assert [p.render() for p in report.errors] == []
 
 
 def test_event_mode_tags_are_checked_against_the_event_context(write_config: WriteConfig) -> None:
     text = (
-        BASE + "events:\n"
+        VALID_CONFIG + "events:\n"
         "  MEMBER_REGISTRATION:\n"
         "    {name: member_registration, context: {first_name: data.first_name}}\n"
         "templates:\n"
@@ -423,20 +453,8 @@ def test_event_mode_tags_are_checked_against_the_event_context(write_config: Wri
     ]
 
 
-def test_event_mode_needs_the_event_mapped(write_config: WriteConfig) -> None:
-    text = BASE + (
-        "templates:\n  welcome:\n    kind: triggered\n    template_id: 5\n"
-        "    event: MEMBER_REGISTRATION\n"
-    )
-    path = write_config(text)
-    assert lines_of(path) == [
-        f"{path}:15: templates.welcome.event: a triggered template in event mode is sent on the"
-        " reported event, but events.MEMBER_REGISTRATION is not mapped to an Optimove event"
-    ]
-
-
 def test_attribute_set_conflicts_and_emd_map(write_config: WriteConfig) -> None:
-    text = BASE.replace(
+    text = VALID_CONFIG.replace(
         "attributes:\n  emd:\n    opt_in_key: email_opt_in\n",
         "attributes:\n"
         "  realtime:\n"
@@ -461,7 +479,7 @@ def test_attribute_set_conflicts_and_emd_map(write_config: WriteConfig) -> None:
 
 def test_scheduled_template_takes_attribute_sources(write_config: WriteConfig) -> None:
     text = (
-        BASE.replace(
+        VALID_CONFIG.replace(
             "attributes:\n", "attributes:\n  batch:\n    - {name: FirstName, type: string}\n"
         )
         + (
@@ -480,14 +498,6 @@ def test_scheduled_template_takes_attribute_sources(write_config: WriteConfig) -
         " declared attribute",
         f"{path}:19: templates.offers.attribute_mappings.TIER: a scheduled template's mappings"
         " take attribute.<Name> sources",
-    ]
-
-
-def test_missing_api_key_is_a_warning(write_config: WriteConfig) -> None:
-    path = write_config(BASE.replace("  api_key: ${OPTIMOVE_API_KEY:-}\n", "  concurrency: 2\n"))
-    assert lines_of(path) == [
-        f"{path}:1: optimove: warning: no api_key: sends will fail\n"
-        "  hint: api_key: ${OPTIMOVE_API_KEY}"
     ]
 
 

@@ -1,45 +1,12 @@
-"""The Optimove client: transport, auth, signing, rate limits, retries, endpoints."""
+"""Talking to Optimove: the client and what it needs.
 
-from __future__ import annotations
+- ``client``: the one send path (auth, signing, rate limits, retries) and ``OptimoveAuthError``;
+- ``outcome``: the endpoints, the single HTTP classifier and the ``Delivery`` result;
+- ``transport``: HTTP as httpx does it (environment proxies and CA bundles), kept lean;
+- ``ratelimit``: the sliding-window permit algorithm, with slots in memory or in a file
+  shared by every process using one API key;
+- ``limits``: Optimove's documented caps and quotas;
+- ``formats``: date/time strings in Optimove's shapes.
 
-from optisync.optimove.client import (
-    Body,
-    OptimoveAuthError,
-    OptimoveClient,
-    encode_body,
-    sign_body,
-)
-from optisync.optimove.formats import batch_datetime, timestamp_for_optimove
-from optisync.optimove.outcome import (
-    Delivery,
-    Endpoint,
-    Outcome,
-    OutcomeKind,
-    classify,
-    classify_exception,
-    error_text,
-    parse_retry_after,
-)
-from optisync.optimove.ratelimit import Limiter, Permit, RateLimiter, UnlimitedLimiter
-
-__all__ = [
-    "Body",
-    "Delivery",
-    "Endpoint",
-    "Limiter",
-    "OptimoveAuthError",
-    "OptimoveClient",
-    "Outcome",
-    "OutcomeKind",
-    "Permit",
-    "RateLimiter",
-    "UnlimitedLimiter",
-    "batch_datetime",
-    "classify",
-    "classify_exception",
-    "encode_body",
-    "error_text",
-    "parse_retry_after",
-    "sign_body",
-    "timestamp_for_optimove",
-]
+Nothing is imported here, so that a module needing only ``limits`` does not load httpx.
+"""

@@ -1,6 +1,7 @@
 """The Optimove client: one keep-alive connection pool, auth, signing, rate limits, retries.
 
-Each endpoint method takes an already-built JSON body and returns a :class:`Delivery`.
+:meth:`OptimoveClient.send` takes an endpoint and an already-built JSON body and returns a
+:class:`Delivery`; the endpoint decides the URL, the credential and the rate limit.
 HTTP outcomes never raise, with one exception: when Optimove rejects the credentials
 (401/403) the client raises :class:`OptimoveAuthError` (an :class:`optisync.errors.AuthError`,
 exit code 5) carrying the failed ``Delivery``. A bad key fails every later message too, so
@@ -95,7 +96,7 @@ def encode_body(body: Body) -> bytes:
 
 
 def sign_body(content: bytes, token: str) -> str:
-    """Hex HMAC-SHA256 of the exact request bytes keyed by the events token (§1.2)."""
+    """Hex HMAC-SHA256 of the exact request bytes keyed by the events token."""
     return hmac.new(token.encode("utf-8"), content, hashlib.sha256).hexdigest()
 
 
@@ -160,9 +161,10 @@ class OptimoveClient:
             from optisync.optimove.transport import default_transport
 
             transport = default_transport(settings.concurrency)
-        # The transport is driven directly (no httpx.Client): the client layer's URL merging,
-        # cookie jar and redirect logic cost more CPU per request than the HTTP exchange, and
-        # optisync needs none of them. Redirects are never followed, so the key stays home.
+        # The transport is driven directly (an httpx.Client only behind a proxy): the client
+        # layer's URL merging, cookie jar and redirect logic cost more CPU per request than
+        # the HTTP exchange, and optisync needs none of them. Redirects are never followed,
+        # so the key stays home.
         self._transport = transport
         self._timeout = {
             "connect": settings.timeouts.connect,
@@ -178,71 +180,15 @@ class OptimoveClient:
         self._urls: dict[str, httpx.URL] = {}
         self._closed = False
 
-    # -- endpoints -------------------------------------------------------------------------
-
-    def report_events(self, body: Body) -> Delivery:
-        """POST one event or a list of events to the events gateway (``events_url``).
-
-        Signed with HMAC-SHA256 of the exact bytes sent when ``events_token`` is set.
-
-        Raises:
-            ConfigError: ``events_url`` is not set.
-            OptimoveAuthError: the gateway answered 401/403.
-        """
-        return self.send(Endpoint.EVENTS, body)
-
-    def update_customer_attributes(self, body: Body) -> Delivery:
-        """POST ``/Customers/UpdateCustomerAttributes`` (general rate limit).
-
-        Raises:
-            ConfigError: ``api_key`` is not set.
-            OptimoveAuthError: Optimove answered 401/403.
-        """
-        return self.send(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, body)
-
-    def send_transactional_mail(self, body: Body) -> Delivery:
-        """POST ``/TransactionalMail/SendTransactionalMail`` (transactional rate limit).
-
-        206 → ``partial`` (sent; ``error`` names missing tags), 409 → ``duplicate``,
-        ``IsSuccess: false`` → ``fatal``.
-
-        Raises:
-            ConfigError: ``api_key`` is not set.
-            OptimoveAuthError: Optimove answered 401/403.
-        """
-        return self.send(Endpoint.SEND_TRANSACTIONAL_MAIL, body)
-
-    def add_promotions(self, body: Body) -> Delivery:
-        """POST ``/Integrations/AddPromotions`` (general rate limit).
-
-        Raises:
-            ConfigError: ``api_key`` is not set.
-            OptimoveAuthError: Optimove answered 401/403.
-        """
-        return self.send(Endpoint.ADD_PROMOTIONS, body)
-
-    def add_unsubscribers(self, body: Body) -> Delivery:
-        """POST ``/Optimail/AddUnsubscribers`` (general rate limit).
-
-        Raises:
-            ConfigError: ``api_key`` is not set.
-            OptimoveAuthError: Optimove answered 401/403.
-        """
-        return self.send(Endpoint.ADD_UNSUBSCRIBERS, body)
-
-    def delete_unsubscribers(self, body: Body) -> Delivery:
-        """POST ``/Optimail/DeleteUnsubscribers`` (general rate limit).
-
-        Raises:
-            ConfigError: ``api_key`` is not set.
-            OptimoveAuthError: Optimove answered 401/403.
-        """
-        return self.send(Endpoint.DELETE_UNSUBSCRIBERS, body)
-
     # -- the one send path -----------------------------------------------------------------
 
     def send(self, endpoint: Endpoint | str, body: Body) -> Delivery:
-        """Send ``body`` to ``endpoint`` with rate limiting and retries (replay dispatches here).
+        """Send ``body`` to ``endpoint`` with rate limiting and retries.
+
+        Events go to ``events_url``, signed with HMAC-SHA256 of the exact bytes sent when
+        ``events_token`` is set; REST calls carry the API key. SendTransactionalMail has its
+        own rate limit: 206 there is ``partial`` (sent; ``error`` names missing tags), 409
+        ``duplicate``, and ``IsSuccess: false`` ``fatal``.
 
         Raises:
             ValueError: ``endpoint`` is not an :class:`Endpoint` value.

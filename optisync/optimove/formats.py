@@ -1,4 +1,4 @@
-"""Date/time strings in the shapes Optimove expects (optimove-api.md §2.2, §7.4)."""
+"""Date/time strings in the shapes Optimove expects."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def _as_utc(dt: datetime) -> datetime:
 def timestamp_for_optimove(dt: datetime) -> str:
     """Format an aware datetime as a server-side event ``timestamp``.
 
-    Example: ``2024-05-27 10:30:00.000000 UTC`` (optimove-api.md §2.2).
+    Example: ``2024-05-27 10:30:00.000000 UTC``.
 
     Raises:
         ValueError: if ``dt`` is naive.

@@ -1,7 +1,7 @@
 """What became of a request: the single HTTP classifier and the ``Delivery`` result.
 
-Every endpoint method of the client goes through :func:`classify` (style.md §6.4.5), so
-"what counts as delivered, retriable or fatal" is decided in exactly one place.
+Every answer the client gets goes through :func:`classify`, so "what counts as delivered,
+retriable or fatal" is decided in exactly one place.
 """
 
 from __future__ import annotations
@@ -106,10 +106,9 @@ def classify(
     """Sort an Optimove response into one :data:`OutcomeKind`.
 
     * 2xx → ``delivered``, except: a JSON body saying ``IsSuccess: false`` or
-      ``status: "error"`` (event gateway validation, §2.5), or carrying a non-empty ``Error``
-      without an ``IsSuccess`` verdict (AddUnsubscribers ``"Invalid email"``, §3.5) →
-      ``fatal``; transactional 206 →
-      ``partial`` with the text naming the missing tags.
+      ``status: "error"`` (event gateway validation), or carrying a non-empty ``Error``
+      without an ``IsSuccess`` verdict (AddUnsubscribers ``"Invalid email"``) → ``fatal``;
+      transactional 206 → ``partial`` with the text naming the missing tags.
     * transactional 409 (repeated UniqueMessageID) → ``duplicate``.
     * 401/403 → ``auth``; 429 → ``rate_limited``; 408 and 5xx → ``transient``.
     * any other status (other 4xx, unexpected 1xx/3xx) → ``fatal``.

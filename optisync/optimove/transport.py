@@ -1,42 +1,64 @@
-"""A lean keep-alive HTTP/1.1 transport for httpx, on the standard library's http.client.
+"""HTTP for the Optimove client: the environment honoured exactly as httpx honours it.
 
-httpx's default transport (httpcore + h11) costs about 0.5 ms of CPU per request in pure
-Python; on a machine whose other core runs the receiving end, that CPU is the ceiling of a
-real-time push. This transport does the same job — keep-alive connections, timeouts,
-certificate verification against certifi's bundle — at a fraction of the cost, and maps every
-failure onto httpx's exception classes so retries and classification are unchanged.
+Two ways to send, chosen when the client is built:
 
-One connection per thread and origin: http.client connections are not thread-safe, and the
-client's thread pool is small. Proxies are not supported here; ``default_transport()`` falls
-back to httpx's own transport when a proxy is configured in the environment.
+- When the environment names a proxy (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY`` or their
+  lowercase forms, read by ``urllib.request.getproxies`` as httpx reads them), requests go
+  through an ``httpx.Client(trust_env=True)``. httpx itself then picks the proxy for each URL,
+  bypasses it for the hosts in ``NO_PROXY``, and verifies certificates as below.
+- Otherwise no proxy can apply, and :class:`KeepAliveTransport` sends directly. httpx's own
+  transport (httpcore + h11) costs about 0.5 ms of CPU per request in pure Python; on a
+  machine whose other core runs the receiving end, that CPU is the ceiling of a real-time
+  push. This one does the same job (keep-alive connections, timeouts, certificate
+  verification) at a fraction of the cost, and maps every failure onto httpx's exception
+  classes so retries and classification are unchanged. Its TLS context is httpx's:
+  ``httpx.create_ssl_context()``, which trusts ``SSL_CERT_FILE`` if set, else
+  ``SSL_CERT_DIR``, else certifi's bundle (httpx does not read ``REQUESTS_CA_BUNDLE``, so
+  neither does optisync).
+
+Either way the request's ``timeout`` extension (connect, read) applies.
 """
 
 from __future__ import annotations
 
 import http.client
-import os
 import socket
 import ssl
 import threading
-from functools import cache
+from urllib.request import getproxies
 
 import httpx
 
-_PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
+from optisync.errors import ConfigError
 
 
-@cache
-def _tls_context() -> ssl.SSLContext:
-    import certifi
+def environment_names_a_proxy() -> bool:
+    """Whether the environment names a proxy for a scheme httpx proxies (http, https, all).
 
-    return ssl.create_default_context(cafile=certifi.where())
+    ``NO_PROXY`` is left to httpx, which applies it URL by URL.
+    """
+    proxies = getproxies()
+    return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
 
 
 class KeepAliveTransport(httpx.BaseTransport):
+    """Direct HTTP/1.1 on http.client: one keep-alive connection per thread and origin
+    (http.client connections are not thread-safe, and the client's thread pool is small)."""
+
     def __init__(self) -> None:
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+        self._tls: ssl.SSLContext | None = None
+
+    def _tls_context(self) -> ssl.SSLContext:
+        # httpx builds its context with the transport; this one waits for the first https
+        # connection, so plain-http runs never pay for loading a CA bundle. The environment
+        # is read then, by httpx's own function.
+        with self._lock:
+            if self._tls is None:
+                self._tls = httpx.create_ssl_context()
+            return self._tls
 
     def _connection(self, url: httpx.URL, timeout: float | None) -> http.client.HTTPConnection:
         pool: dict[tuple[str, str, int], http.client.HTTPConnection] = (
@@ -49,7 +71,7 @@ class KeepAliveTransport(httpx.BaseTransport):
         if conn is None:
             if url.scheme == "https":
                 conn = http.client.HTTPSConnection(
-                    url.host, port, timeout=timeout, context=_tls_context()
+                    url.host, port, timeout=timeout, context=self._tls_context()
                 )
             else:
                 conn = http.client.HTTPConnection(url.host, port, timeout=timeout)
@@ -126,10 +148,30 @@ class KeepAliveTransport(httpx.BaseTransport):
             self._all.clear()
 
 
-def default_transport(connections: int = 4) -> httpx.BaseTransport:
-    """The lean transport, unless a proxy is configured: then httpx's own, through it."""
-    proxy = next((os.environ[n] for n in _PROXY_VARS if os.environ.get(n)), None)
-    if proxy:
+class EnvironmentTransport(httpx.BaseTransport):
+    """httpx with ``trust_env``: each request through the proxy the environment names for
+    its URL, or directly when ``NO_PROXY`` covers it. Redirects are not followed."""
+
+    def __init__(self, connections: int = 4) -> None:
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        return httpx.HTTPTransport(proxy=proxy, limits=limits)
+        try:
+            self._client = httpx.Client(trust_env=True, limits=limits, follow_redirects=False)
+        except (ValueError, ImportError) as exc:
+            # httpx refuses a proxy scheme it cannot speak (socks without socksio, ftp...)
+            raise ConfigError(
+                f"the proxy named in the environment cannot be used: {exc}",
+                hint="check HTTP_PROXY, HTTPS_PROXY and ALL_PROXY (and their lowercase forms)",
+            ) from None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._client.send(request)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def default_transport(connections: int = 4) -> httpx.BaseTransport:
+    """The lean transport, unless the environment names a proxy: then httpx's own routing."""
+    if environment_names_a_proxy():
+        return EnvironmentTransport(connections)
     return KeepAliveTransport()

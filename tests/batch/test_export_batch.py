@@ -20,7 +20,7 @@ from optisync.batch.writer import FileWriter
 from optisync.commands.batch import export_batch
 from optisync.errors import ExitCode
 from optisync.lock import RunLock
-from tests.conftest import EXAMPLES, invoke
+from tests.support import EXAMPLES, invoke
 
 NOW = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from optisync.commands.batch import export_batch
-from tests.conftest import EXAMPLES, invoke
+from tests.support import EXAMPLES, invoke
 
 fakesnow = pytest.importorskip("fakesnow")
 snowflake_connector = pytest.importorskip("snowflake.connector")

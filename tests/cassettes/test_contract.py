@@ -18,6 +18,7 @@ import vcr
 
 from optisync.config.models import OptimoveSettings
 from optisync.optimove.client import OptimoveAuthError, OptimoveClient
+from optisync.optimove.outcome import Endpoint
 
 HERE = Path(__file__).parent / "data"
 RECORD = os.environ.get("OPTISYNC_RECORD") == "1"
@@ -102,7 +103,7 @@ EVENT = {
 @pytest.mark.usefixtures("sandbox")
 def test_cassette_is_really_played() -> None:
     with recorder.use_cassette("events.yaml") as cassette, client() as c:
-        delivery = c.report_events(EVENT)
+        delivery = c.send(Endpoint.EVENTS, EVENT)
     assert delivery.ok and delivery.status == 200
     if not RECORD:
         assert cassette.play_count == 1
@@ -113,10 +114,12 @@ def test_cassette_is_really_played() -> None:
 def test_transactional_mail_contract() -> None:
     tags = [{"Tag": "POINTS", "Value": "5 000"}, {"Tag": "NAME", "Value": "Ann"}]
     with recorder.use_cassette("transactional.yaml"), client() as c:
-        first = c.send_transactional_mail(mail("uid-1", tags))
-        again = c.send_transactional_mail(mail("uid-1", tags))
-        missing = c.send_transactional_mail(mail("uid-2", tags[:1]))
-        unknown = c.send_transactional_mail({**mail("uid-3", tags), "TemplateID": 99})
+        first = c.send(Endpoint.SEND_TRANSACTIONAL_MAIL, mail("uid-1", tags))
+        again = c.send(Endpoint.SEND_TRANSACTIONAL_MAIL, mail("uid-1", tags))
+        missing = c.send(Endpoint.SEND_TRANSACTIONAL_MAIL, mail("uid-2", tags[:1]))
+        unknown = c.send(
+            Endpoint.SEND_TRANSACTIONAL_MAIL, {**mail("uid-3", tags), "TemplateID": 99}
+        )
     assert (first.outcome, first.status) == ("delivered", 200)
     assert (again.outcome, again.status) == ("duplicate", 409)
     assert (missing.outcome, missing.status) == ("partial", 206)
@@ -132,16 +135,19 @@ def test_attributes_and_promotions_contract() -> None:
         ]
     }
     with recorder.use_cassette("attributes.yaml"), client() as c:
-        attrs = c.update_customer_attributes(body)
-        too_many = c.update_customer_attributes(
+        attrs = c.send(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, body)
+        too_many = c.send(
+            Endpoint.UPDATE_CUSTOMER_ATTRIBUTES,
             {
                 "CustomerNewAttributesValuesList": [
                     {"CustomerID": f"M{i}", "Attributes": [{"RealFieldName": "A", "Value": 1}]}
                     for i in range(1001)
                 ]
-            }
+            },
         )
-        promos = c.add_promotions([{"PromoCode": "P1", "PromotionName": "Double points"}])
+        promos = c.send(
+            Endpoint.ADD_PROMOTIONS, [{"PromoCode": "P1", "PromotionName": "Double points"}]
+        )
     assert attrs.ok and attrs.status == 202
     assert too_many.outcome == "fatal" and too_many.status == 400
     assert promos.ok and promos.status == 200
@@ -154,7 +160,7 @@ def test_bad_key_contract() -> None:
         client("not-the-key") as c,
         pytest.raises(OptimoveAuthError) as info,
     ):
-        c.update_customer_attributes({"CustomerNewAttributesValuesList": []})
+        c.send(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, {"CustomerNewAttributesValuesList": []})
     assert info.value.delivery.status == 403
 
 

@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from optisync.errors import AuthError, ConfigError, ExitCode
-from optisync.optimove import Delivery, OptimoveAuthError, OptimoveClient
-
-from .conftest import API_KEY, EVENTS_TOKEN, EVENTS_URL, FakeClock, Recorder, make_settings
+from optisync.optimove.client import OptimoveAuthError, OptimoveClient
+from optisync.optimove.outcome import Delivery, Endpoint
+from tests.support import API_KEY, EVENTS_TOKEN, EVENTS_URL, FakeClock, Recorder, make_settings
 
 MakeClient = Callable[..., OptimoveClient]
 
@@ -31,13 +31,13 @@ EVENT_BODY = {
     "context": {"store": "Zürich Hauptbahnhof", "points": 12},
 }
 
-# method name, REST path (None = events gateway)
+# the REST endpoints, by path
 ENDPOINTS = [
-    ("update_customer_attributes", "/Customers/UpdateCustomerAttributes"),
-    ("send_transactional_mail", "/TransactionalMail/SendTransactionalMail"),
-    ("add_promotions", "/Integrations/AddPromotions"),
-    ("add_unsubscribers", "/Optimail/AddUnsubscribers"),
-    ("delete_unsubscribers", "/Optimail/DeleteUnsubscribers"),
+    Endpoint.UPDATE_CUSTOMER_ATTRIBUTES,
+    Endpoint.SEND_TRANSACTIONAL_MAIL,
+    Endpoint.ADD_PROMOTIONS,
+    Endpoint.ADD_UNSUBSCRIBERS,
+    Endpoint.DELETE_UNSUBSCRIBERS,
 ]
 
 
@@ -52,13 +52,14 @@ def compact(body: object) -> bytes:
 # -- requests ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("method", "path"), ENDPOINTS, ids=[m for m, _ in ENDPOINTS])
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=[e.name for e in ENDPOINTS])
 def test_rest_calls_send_key_json_headers_and_compact_body(
-    make_client: MakeClient, method: str, path: str
+    make_client: MakeClient, endpoint: Endpoint
 ) -> None:
+    path = endpoint.value
     rec = Recorder(ok())
     client = make_client(rec)
-    delivery = getattr(client, method)(MAIL_BODY)
+    delivery = client.send(endpoint, MAIL_BODY)
     (request,) = rec.requests
     assert request.method == "POST"
     assert str(request.url) == "https://api4.optimove.test" + path
@@ -80,13 +81,15 @@ def test_rest_calls_send_key_json_headers_and_compact_body(
 
 def test_trailing_slash_in_api_url_is_tolerated(make_client: MakeClient) -> None:
     rec = Recorder(ok())
-    make_client(rec, api_url="https://api4.optimove.test/").add_promotions([{"PromoCode": "A"}])
+    make_client(rec, api_url="https://api4.optimove.test/").send(
+        Endpoint.ADD_PROMOTIONS, [{"PromoCode": "A"}]
+    )
     assert rec.requests[0].url.path == "/Integrations/AddPromotions"
 
 
 def test_events_are_signed_over_the_exact_bytes_sent(make_client: MakeClient) -> None:
     rec = Recorder(ok(json={"status": "success", "message": "1"}))
-    delivery = make_client(rec).report_events([EVENT_BODY])
+    delivery = make_client(rec).send(Endpoint.EVENTS, [EVENT_BODY])
     (request,) = rec.requests
     assert str(request.url) == EVENTS_URL
     expected = hmac.new(EVENTS_TOKEN.encode(), request.content, hashlib.sha256).hexdigest()
@@ -100,13 +103,13 @@ def test_events_are_signed_over_the_exact_bytes_sent(make_client: MakeClient) ->
 
 def test_signed_events_do_not_carry_the_api_key(make_client: MakeClient) -> None:
     rec = Recorder(ok())
-    make_client(rec).report_events(EVENT_BODY)
+    make_client(rec).send(Endpoint.EVENTS, EVENT_BODY)
     assert "X-API-KEY" not in rec.requests[0].headers
 
 
 def test_events_without_token_are_unsigned_and_carry_the_key(make_client: MakeClient) -> None:
     rec = Recorder(ok())
-    make_client(rec, events_token=None).report_events(EVENT_BODY)
+    make_client(rec, events_token=None).send(Endpoint.EVENTS, EVENT_BODY)
     assert "X-Optimove-Signature-Content" not in rec.requests[0].headers
     assert rec.requests[0].headers["X-API-KEY"]
 
@@ -114,7 +117,7 @@ def test_events_without_token_are_unsigned_and_carry_the_key(make_client: MakeCl
 def test_bytes_body_is_sent_unchanged(make_client: MakeClient) -> None:
     raw = b'{"a": 1,  "b": "x"}'
     rec = Recorder(ok())
-    delivery = make_client(rec).report_events(raw)
+    delivery = make_client(rec).send(Endpoint.EVENTS, raw)
     assert rec.requests[0].content == raw
     expected = hmac.new(EVENTS_TOKEN.encode(), raw, hashlib.sha256).hexdigest()
     assert rec.requests[0].headers["X-Optimove-Signature-Content"] == expected
@@ -124,14 +127,14 @@ def test_bytes_body_is_sent_unchanged(make_client: MakeClient) -> None:
 def test_missing_events_url_is_a_config_error(make_client: MakeClient) -> None:
     rec = Recorder(ok())
     with pytest.raises(ConfigError, match="events_url"):
-        make_client(rec, events_url=None).report_events(EVENT_BODY)
+        make_client(rec, events_url=None).send(Endpoint.EVENTS, EVENT_BODY)
     assert rec.requests == []
 
 
 def test_missing_api_key_is_a_config_error(make_client: MakeClient) -> None:
     rec = Recorder(ok())
     with pytest.raises(ConfigError, match="api_key"):
-        make_client(rec, api_key=None).update_customer_attributes(ATTRS_BODY)
+        make_client(rec, api_key=None).send(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, ATTRS_BODY)
     assert rec.requests == []
 
 
@@ -154,49 +157,49 @@ def _raise(exc_type: type[httpx.TransportError], message: str) -> Callable[..., 
 
 
 CASES = [
-    # id, method, answer, outcome, ok, status, error
-    pytest.param("update_customer_attributes", ok(200), "delivered", True, 200, None,
+    # endpoint, answer, outcome, ok, status, error
+    pytest.param(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, ok(200), "delivered", True, 200, None,
                  id="delivered-200"),
-    pytest.param("update_customer_attributes", ok(202), "delivered", True, 202, None,
+    pytest.param(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, ok(202), "delivered", True, 202, None,
                  id="accepted-202"),
-    pytest.param("send_transactional_mail",
+    pytest.param(Endpoint.SEND_TRANSACTIONAL_MAIL,
                  ok(206, json={"IsSuccess": True, "SendID": 9, "Error": "Missing tags: FIRST"}),
                  "partial", True, 206, "Missing tags: FIRST", id="partial-206"),
-    pytest.param("send_transactional_mail",
+    pytest.param(Endpoint.SEND_TRANSACTIONAL_MAIL,
                  ok(409, json={"Error": "Request for this UniqueMessageID has succeeded before"}),
                  "duplicate", True, 409, "Request for this UniqueMessageID has succeeded before",
                  id="duplicate-409"),
-    pytest.param("send_transactional_mail",
+    pytest.param(Endpoint.SEND_TRANSACTIONAL_MAIL,
                  ok(200, json={"IsSuccess": False, "SendID": None, "Error": "Invalid template"}),
                  "fatal", False, 200, "Invalid template", id="invalid-template"),
-    pytest.param("update_customer_attributes",
+    pytest.param(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES,
                  ok(429, json={"status": 429, "error": "Too Many Requests", "message": "limit"}),
                  "rate_limited", False, 429, "limit", id="rate-limited-429"),
-    pytest.param("add_promotions", ok(503, text="Service Unavailable"), "transient", False, 503,
-                 "Service Unavailable", id="server-5xx"),
-    pytest.param("add_promotions", ok(400, text="PromoCode is required"), "fatal", False, 400,
-                 "PromoCode is required", id="bad-request-400"),
-    pytest.param("update_customer_attributes", ok(401, text="Invalid API key"), "auth", False, 401,
-                 "Invalid API key", id="auth-401"),
-    pytest.param("send_transactional_mail", ok(403, text="Forbidden"), "auth", False, 403,
+    pytest.param(Endpoint.ADD_PROMOTIONS, ok(503, text="Service Unavailable"), "transient",
+                 False, 503, "Service Unavailable", id="server-5xx"),
+    pytest.param(Endpoint.ADD_PROMOTIONS, ok(400, text="PromoCode is required"), "fatal",
+                 False, 400, "PromoCode is required", id="bad-request-400"),
+    pytest.param(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, ok(401, text="Invalid API key"), "auth",
+                 False, 401, "Invalid API key", id="auth-401"),
+    pytest.param(Endpoint.SEND_TRANSACTIONAL_MAIL, ok(403, text="Forbidden"), "auth", False, 403,
                  "Forbidden", id="auth-403"),
-    pytest.param("update_customer_attributes", _raise(httpx.ReadTimeout, "timed out"),
+    pytest.param(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, _raise(httpx.ReadTimeout, "timed out"),
                  "transient", False, None, "ReadTimeout: timed out", id="timeout"),
-    pytest.param("report_events",
+    pytest.param(Endpoint.EVENTS,
                  _raise(httpx.RemoteProtocolError, "Server disconnected without a response."),
                  "transient", False, None,
                  "RemoteProtocolError: Server disconnected without a response.",
                  id="connection-dropped"),
-    pytest.param("add_unsubscribers", _raise(httpx.ConnectError, "connection refused"),
+    pytest.param(Endpoint.ADD_UNSUBSCRIBERS, _raise(httpx.ConnectError, "connection refused"),
                  "transient", False, None, "ConnectError: connection refused",
                  id="connect-error"),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("method", "answer", "outcome", "is_ok", "status", "error"), CASES)
+@pytest.mark.parametrize(("endpoint", "answer", "outcome", "is_ok", "status", "error"), CASES)
 def test_classification(
     make_client: MakeClient,
-    method: str,
+    endpoint: Endpoint,
     answer: httpx.Response | Callable[..., httpx.Response],
     outcome: str,
     is_ok: bool,
@@ -204,13 +207,13 @@ def test_classification(
     error: str | None,
 ) -> None:
     client = make_client(Recorder(answer), retry={"max_attempts": 1})
-    body = EVENT_BODY if method == "report_events" else ATTRS_BODY
+    body = EVENT_BODY if endpoint is Endpoint.EVENTS else ATTRS_BODY
     if outcome == "auth":
         with pytest.raises(OptimoveAuthError) as info:
-            getattr(client, method)(body)
+            client.send(endpoint, body)
         delivery = info.value.delivery
     else:
-        delivery = getattr(client, method)(body)
+        delivery = client.send(endpoint, body)
     assert (delivery.outcome, delivery.ok, delivery.status, delivery.error) == (
         outcome,
         is_ok,
@@ -228,7 +231,7 @@ def test_auth_failure_raises_auth_error_with_exit_code_5_and_no_retry(
 ) -> None:
     rec = Recorder(ok(401, text="Invalid API key"))
     with pytest.raises(AuthError) as info:
-        make_client(rec).update_customer_attributes(ATTRS_BODY)
+        make_client(rec).send(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, ATTRS_BODY)
     exc = info.value
     assert isinstance(exc, OptimoveAuthError)
     assert exc.exit_code is ExitCode.REFUSED
@@ -243,7 +246,7 @@ def test_auth_failure_raises_auth_error_with_exit_code_5_and_no_retry(
 
 def test_auth_failure_on_events_names_the_events_token(make_client: MakeClient) -> None:
     with pytest.raises(OptimoveAuthError) as info:
-        make_client(Recorder(ok(403))).report_events(EVENT_BODY)
+        make_client(Recorder(ok(403))).send(Endpoint.EVENTS, EVENT_BODY)
     assert "events token" in info.value.message
 
 
@@ -252,7 +255,9 @@ def test_auth_failure_on_events_names_the_events_token(make_client: MakeClient) 
 
 def test_retries_then_succeeds(make_client: MakeClient, clock: FakeClock) -> None:
     rec = Recorder(ok(503), ok(502), _raise(httpx.ReadTimeout, "slow"), ok(200))
-    delivery = make_client(rec, retry={"base_delay": 0.5, "max_delay": 30}).add_promotions([])
+    delivery = make_client(rec, retry={"base_delay": 0.5, "max_delay": 30}).send(
+        Endpoint.ADD_PROMOTIONS, []
+    )
     assert delivery.ok
     assert delivery.attempts == 4
     assert len(rec.requests) == 4
@@ -264,7 +269,9 @@ def test_retries_then_succeeds(make_client: MakeClient, clock: FakeClock) -> Non
 
 def test_backoff_is_capped_by_max_delay(make_client: MakeClient, clock: FakeClock) -> None:
     rec = Recorder(ok(500))
-    make_client(rec, retry={"base_delay": 10, "max_delay": 2, "max_attempts": 8}).add_promotions([])
+    make_client(rec, retry={"base_delay": 10, "max_delay": 2, "max_attempts": 8}).send(
+        Endpoint.ADD_PROMOTIONS, []
+    )
     assert len(clock.sleeps) == 7
     assert all(0 <= s <= 2 for s in clock.sleeps)
 
@@ -272,7 +279,7 @@ def test_backoff_is_capped_by_max_delay(make_client: MakeClient, clock: FakeCloc
 def test_retry_after_is_honoured(make_client: MakeClient, clock: FakeClock) -> None:
     rec = Recorder(ok(429, headers={"Retry-After": "7"}), ok(503, headers={"Retry-After": "2.5"}),
                    ok(200))  # fmt: skip
-    delivery = make_client(rec).update_customer_attributes(ATTRS_BODY)
+    delivery = make_client(rec).send(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, ATTRS_BODY)
     assert delivery.ok
     assert delivery.attempts == 3
     assert clock.sleeps == [7.0, 2.5]
@@ -280,21 +287,21 @@ def test_retry_after_is_honoured(make_client: MakeClient, clock: FakeClock) -> N
 
 def test_retry_after_is_capped_by_max_delay(make_client: MakeClient, clock: FakeClock) -> None:
     rec = Recorder(ok(429, headers={"Retry-After": "3600"}), ok(200))
-    make_client(rec, retry={"max_delay": 30}).update_customer_attributes(ATTRS_BODY)
+    make_client(rec, retry={"max_delay": 30}).send(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, ATTRS_BODY)
     assert clock.sleeps == [30.0]
 
 
 def test_retry_after_ignored_when_disabled(make_client: MakeClient, clock: FakeClock) -> None:
     rec = Recorder(ok(429, headers={"Retry-After": "20"}), ok(200))
     retry = {"respect_retry_after": False, "base_delay": 0.5}
-    make_client(rec, retry=retry).update_customer_attributes(ATTRS_BODY)
+    make_client(rec, retry=retry).send(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, ATTRS_BODY)
     assert len(clock.sleeps) == 1
     assert clock.sleeps[0] <= 0.5
 
 
 def test_max_attempts_bounds_retries(make_client: MakeClient, clock: FakeClock) -> None:
     rec = Recorder(ok(503, text="down"))
-    delivery = make_client(rec, retry={"max_attempts": 4}).add_promotions([])
+    delivery = make_client(rec, retry={"max_attempts": 4}).send(Endpoint.ADD_PROMOTIONS, [])
     assert (delivery.ok, delivery.outcome, delivery.status, delivery.error) == (
         False,
         "transient",
@@ -307,7 +314,9 @@ def test_max_attempts_bounds_retries(make_client: MakeClient, clock: FakeClock) 
 
 
 def test_exhausted_rate_limit_reports_rate_limited(make_client: MakeClient) -> None:
-    delivery = make_client(Recorder(ok(429)), retry={"max_attempts": 2}).add_promotions([])
+    delivery = make_client(Recorder(ok(429)), retry={"max_attempts": 2}).send(
+        Endpoint.ADD_PROMOTIONS, []
+    )
     assert (delivery.ok, delivery.outcome, delivery.attempts) == (False, "rate_limited", 2)
 
 
@@ -317,7 +326,7 @@ def test_max_total_seconds_bounds_retries(make_client: MakeClient, clock: FakeCl
         return ok(503, headers={"Retry-After": "6"})
 
     retry = {"max_attempts": 100, "max_total_seconds": 25}
-    delivery = make_client(Recorder(slow_503), retry=retry).add_promotions([])
+    delivery = make_client(Recorder(slow_503), retry=retry).send(Endpoint.ADD_PROMOTIONS, [])
     # t=4 first answer, sleep 6 → t=14 second answer, sleep 6 → t=24 third answer;
     # another 6 s wait would end past 25 s, so it stops.
     assert delivery.attempts == 3
@@ -328,7 +337,7 @@ def test_max_total_seconds_bounds_retries(make_client: MakeClient, clock: FakeCl
 
 def test_no_retry_on_400(make_client: MakeClient, clock: FakeClock) -> None:
     rec = Recorder(ok(400, json={"Error": "bad body"}), ok(200))
-    delivery = make_client(rec).update_customer_attributes(ATTRS_BODY)
+    delivery = make_client(rec).send(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, ATTRS_BODY)
     assert (delivery.outcome, delivery.attempts, delivery.error) == ("fatal", 1, "bad body")
     assert len(rec.requests) == 1
     assert clock.sleeps == []
@@ -336,7 +345,7 @@ def test_no_retry_on_400(make_client: MakeClient, clock: FakeClock) -> None:
 
 def test_every_retry_resends_the_same_bytes_and_signature(make_client: MakeClient) -> None:
     rec = Recorder(ok(503), ok(200))
-    make_client(rec).report_events(EVENT_BODY)
+    make_client(rec).send(Endpoint.EVENTS, EVENT_BODY)
     first, second = rec.requests
     assert first.content == second.content
     sig = "X-Optimove-Signature-Content"
@@ -349,7 +358,7 @@ def test_each_retry_logs_one_line(
     caplog.set_level(logging.INFO, logger="optisync.optimove")
     rec = Recorder(ok(503, headers={"Retry-After": "1.3"}), _raise(httpx.ConnectError, "x"),
                    ok(200))  # fmt: skip
-    make_client(rec).update_customer_attributes(ATTRS_BODY)
+    make_client(rec).send(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, ATTRS_BODY)
     lines = [r.getMessage() for r in caplog.records if r.name == "optisync.optimove"]
     assert lines[0] == "retry 2/6 in 1.3s after 503 on /Customers/UpdateCustomerAttributes"
     assert lines[1].startswith("retry 3/6 in ")
@@ -362,10 +371,10 @@ def test_each_retry_logs_one_line(
 
 def test_general_limit_applies_to_rest_calls(make_client: MakeClient, clock: FakeClock) -> None:
     client = make_client(Recorder(ok()), rate_limit={"requests": 2, "per_seconds": 10})
-    client.update_customer_attributes(ATTRS_BODY)
-    client.add_promotions([])
+    client.send(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, ATTRS_BODY)
+    client.send(Endpoint.ADD_PROMOTIONS, [])
     assert clock.sleeps == []
-    client.add_unsubscribers({"BrandId": 1, "EmailAddresses": []})
+    client.send(Endpoint.ADD_UNSUBSCRIBERS, {"BrandId": 1, "EmailAddresses": []})
     assert clock.sleeps == [pytest.approx(10.005)]
 
 
@@ -377,14 +386,14 @@ def test_transactional_limiter_is_separate_from_the_general_one(
         rate_limit={"requests": 2, "per_seconds": 10},
         transactional_rate_limit={"requests": 3, "per_seconds": 1},
     )
-    client.update_customer_attributes(ATTRS_BODY)
-    client.update_customer_attributes(ATTRS_BODY)  # general quota now used up
+    client.send(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, ATTRS_BODY)
+    client.send(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, ATTRS_BODY)  # general quota now used up
     for _ in range(3):
-        client.send_transactional_mail(MAIL_BODY)
+        client.send(Endpoint.SEND_TRANSACTIONAL_MAIL, MAIL_BODY)
     assert clock.sleeps == []  # transactional calls did not wait on the general quota
-    client.send_transactional_mail(MAIL_BODY)
+    client.send(Endpoint.SEND_TRANSACTIONAL_MAIL, MAIL_BODY)
     assert clock.sleeps == [pytest.approx(1.005)]  # the transactional quota is its own
-    client.update_customer_attributes(ATTRS_BODY)
+    client.send(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, ATTRS_BODY)
     # The general quota frees 10.005 s after the first sends; 1.005 s have passed.
     assert clock.sleeps[1] == pytest.approx(9.0)
 
@@ -392,18 +401,18 @@ def test_transactional_limiter_is_separate_from_the_general_one(
 def test_events_unlimited_unless_configured(make_client: MakeClient, clock: FakeClock) -> None:
     client = make_client(Recorder(ok()), rate_limit={"requests": 1, "per_seconds": 10})
     for _ in range(20):
-        client.report_events(EVENT_BODY)
+        client.send(Endpoint.EVENTS, EVENT_BODY)
     assert clock.sleeps == []
     limited = make_client(Recorder(ok()), events_rate_limit={"requests": 2, "per_seconds": 5})
     for _ in range(3):
-        limited.report_events(EVENT_BODY)
+        limited.send(Endpoint.EVENTS, EVENT_BODY)
     assert clock.sleeps == [pytest.approx(5.005)]
 
 
 def test_retries_count_against_the_rate_limit(make_client: MakeClient, clock: FakeClock) -> None:
     rec = Recorder(ok(503, headers={"Retry-After": "1"}), ok(200))
     client = make_client(rec, rate_limit={"requests": 1, "per_seconds": 10})
-    assert client.add_promotions([]).ok
+    assert client.send(Endpoint.ADD_PROMOTIONS, []).ok
     # 1 s backoff, then the limiter holds the second send until the window has passed.
     assert clock.sleeps == [1.0, pytest.approx(9.005)]
 
@@ -417,10 +426,10 @@ def test_secrets_never_reach_logs_repr_errors_or_deliveries(
     caplog.set_level(logging.DEBUG)
     echo = f"key {API_KEY} rejected; token {EVENTS_TOKEN}"
     client = make_client(Recorder(ok(500, text=echo), ok(400, text=echo)))
-    delivery = client.update_customer_attributes(ATTRS_BODY)
+    delivery = client.send(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, ATTRS_BODY)
     assert delivery.error == "key **** rejected; token ****"
     with pytest.raises(OptimoveAuthError) as info:
-        make_client(Recorder(ok(401, text=echo))).report_events(EVENT_BODY)
+        make_client(Recorder(ok(401, text=echo))).send(Endpoint.EVENTS, EVENT_BODY)
     texts = [
         caplog.text,
         repr(client),
@@ -439,12 +448,12 @@ def test_secrets_never_reach_logs_repr_errors_or_deliveries(
 
 
 def test_delivery_repr_leaves_out_the_body(make_client: MakeClient) -> None:
-    delivery = make_client(Recorder(ok())).send_transactional_mail(MAIL_BODY)
+    delivery = make_client(Recorder(ok())).send(Endpoint.SEND_TRANSACTIONAL_MAIL, MAIL_BODY)
     assert "zoë" not in repr(delivery)
 
 
 def test_client_is_a_context_manager() -> None:
     with OptimoveClient(make_settings(), transport=httpx.MockTransport(Recorder(ok()))) as client:
-        assert client.add_promotions([]).ok
+        assert client.send(Endpoint.ADD_PROMOTIONS, []).ok
     with pytest.raises(RuntimeError):
-        client.add_promotions([])
+        client.send(Endpoint.ADD_PROMOTIONS, [])

@@ -9,7 +9,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from optisync.optimove.transport import KeepAliveTransport, default_transport
+from optisync.optimove.transport import (
+    EnvironmentTransport,
+    KeepAliveTransport,
+    default_transport,
+)
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
 
 KEY = "transport-key"
@@ -89,16 +93,26 @@ def test_connection_refused() -> None:
         post(KeepAliveTransport(), f"http://127.0.0.1:{port}/x")
 
 
-def test_proxy_in_environment_falls_back_to_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (
-        "HTTPS_PROXY",
-        "HTTP_PROXY",
-        "ALL_PROXY",
-        "https_proxy",
-        "http_proxy",
-        "all_proxy",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    assert isinstance(default_transport(), KeepAliveTransport)
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
-    assert isinstance(default_transport(), httpx.HTTPTransport)
+@pytest.mark.parametrize(
+    ("environment", "lean"),
+    [
+        ({}, True),
+        ({"NO_PROXY": "127.0.0.1"}, True),
+        ({"FTP_PROXY": "http://127.0.0.1:3128"}, True),  # httpx reads http, https, all only
+        ({"HTTPS_PROXY": "http://127.0.0.1:3128"}, False),
+        ({"http_proxy": "http://127.0.0.1:3128"}, False),
+        ({"ALL_PROXY": "http://127.0.0.1:3128", "NO_PROXY": "*"}, False),
+    ],
+)
+def test_the_lean_transport_only_when_no_proxy_is_named(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], lean: bool
+) -> None:
+    for scheme in ("http", "https", "all", "no", "ftp"):
+        monkeypatch.delenv(f"{scheme}_proxy", raising=False)
+        monkeypatch.delenv(f"{scheme.upper()}_PROXY", raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    transport = default_transport()
+    expected = KeepAliveTransport if lean else EnvironmentTransport
+    assert isinstance(transport, expected)
+    transport.close()

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from optisync.sandbox import Faults, Sandbox, SandboxConfig, serve
+from tests.support import invoke
 
 KEY = "test-key-0123456789"
 TOKEN = "events-token-abcdef"
@@ -894,8 +895,6 @@ def test_serve_stops_cleanly_on_signal(signum: int) -> None:
 
 
 def test_command_passes_every_fault_flag_to_the_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.conftest import invoke
-
     seen: list[SandboxConfig] = []
     monkeypatch.setattr("optisync.sandbox.serve", lambda config, host, port: seen.append(config))
     invoke(
