@@ -384,7 +384,7 @@ def export_batch_cmd(
 
     Example: optisync --config examples/optisync.yaml export-batch --dataset members
     """
-    from optisync.batch import export_batch, raise_for_batch
+    from optisync.commands.batch import export_batch, raise_for_batch
 
     out = _output(ctx)
     with _dataset_progress(out) as progress:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from optisync.batch import export_batch
+from optisync.commands.batch import export_batch
 from tests.support import invoke
 
 
@@ -65,7 +65,7 @@ def test_export_reports_progress_per_dataset(
 def test_export_under_cron_shows_no_progress(
     example_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from optisync import batch
+    from optisync.commands import batch
 
     seen: list[Any] = []
     real = batch.export_batch
@@ -86,7 +86,7 @@ def test_export_under_cron_shows_no_progress(
 def test_export_on_a_terminal_passes_a_progress_callback(
     example_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from optisync import batch
+    from optisync.commands import batch
     from optisync.console import Output
 
     seen: list[Any] = []

@@ -28,7 +28,7 @@ STREAM_MIB = (16, 8)
 WORK_MIB = (32, 16)
 # DuckDB's spilling hash join needs more memory the more rows it holds (it splits them
 # into more partitions, each with buffers): 5M keys compared in 48 MiB, 20M not in 64 MiB.
-# Past this many bytes of keys the comparison runs in key-hash parts (export.py).
+# Past this many bytes of keys the comparison runs in key-hash parts (local.py).
 PART_MIB = 192
 ROW_BYTES = 24  # a compared row in the hash table, besides its keys: fingerprint, hash, link
 KEY_BYTES = 16  # each key column, besides its text

@@ -151,7 +151,11 @@ class Plan:
 
 
 def check_attribute_limit(config: Config) -> None:
-    """M8 at run time: the realtime and batch sets together hold at most ``limit`` names."""
+    """Optimove's cap on custom attributes, checked again at run time.
+
+    The realtime and batch sets together hold at most ``limit`` names: the config may have
+    been edited since validate-config last passed it.
+    """
     names = {a.name for a in config.attributes.realtime} | {a.name for a in config.attributes.batch}
     limit = config.attributes.limit
     if len(names) > limit:
@@ -239,37 +243,7 @@ def make_plan(
     declared = {a.name: a for a in [*config.attributes.realtime, *config.attributes.batch]}
     emd_mapped: dict[str, str] = {}
     if name == "emd":
-        raw = describe(f"SELECT * FROM {relation}")
-        for col, what in (
-            (dataset.name_column, "name_column"),
-            (dataset.value_column, "value_column"),
-        ):
-            _need(raw, col, name, what)
-        for k in dataset.key:
-            _need(raw, k, name, "key column")
-        emd_mapped = dict(config.attributes.emd.map)
-        for key, attr_name in emd_mapped.items():
-            if attr_name not in declared:
-                raise ConfigError(
-                    f"attributes.emd.map.{key}: '{attr_name}' is not a declared attribute",
-                    hint="declare it under attributes.realtime or attributes.batch",
-                )
-        pivots = [
-            dialect.pivot(
-                quote(dataset.value_column),
-                quote(dataset.name_column),
-                "'" + key.replace("'", "''") + "'",
-            )
-            + f" AS {quote('emd:' + key)}"
-            for key in emd_mapped
-        ]
-        group = ", ".join(quote(k) for k in dataset.key)
-        extra = (
-            [f"max({quote(dataset.updated_at)}) AS {quote(dataset.updated_at)}"]
-            if (dataset.updated_at and dataset.updated_at not in dataset.key)
-            else []
-        )
-        base_sql = f"SELECT {', '.join([group, *pivots, *extra])} FROM {relation} GROUP BY {group}"
+        base_sql, emd_mapped = _emd_pivot(describe, relation, dataset, config, declared, dialect)
     else:
         base_sql = f"SELECT * FROM {relation}"
     types = describe(base_sql)
@@ -280,7 +254,84 @@ def make_plan(
         )
     for k in dataset.key:
         _need(types, k, name, "key column")
+    columns = _columns(config, name, dataset, types, declared, emd_mapped, dialect)
 
+    last_updated = f"TIMESTAMP '{run_started.strftime('%Y-%m-%d %H:%M:%S')}'"
+    stamped = None
+    if dataset.updated_at:
+        _need(types, dataset.updated_at, name, "updated_at column")
+        stamped = dialect.utc(f"b.{quote(dataset.updated_at)}")
+        last_updated = f"coalesce({stamped}, {last_updated})"
+
+    by_source = {col: out for out, col in dataset.columns.items()}
+    return Plan(
+        dataset=name,
+        base_sql=base_sql,
+        key=list(dataset.key),
+        key_out=[by_source.get(k, k) for k in dataset.key],
+        columns=columns,
+        last_updated=last_updated,
+        emit_deletes=dataset.emit_deletes,
+        emd_mapped=emd_mapped,
+        emd_relation=relation if name == "emd" else None,
+        emd_name_column=dataset.name_column,
+        dialect=dialect,
+        updated_at=stamped,
+    )
+
+
+def _emd_pivot(
+    describe: Describe,
+    relation: str,
+    dataset: Dataset,
+    config: Config,
+    declared: dict[str, Attribute],
+    dialect: Dialect,
+) -> tuple[str, dict[str, str]]:
+    """EMD's key/value rows as one row per key, a column ``emd:<key>`` per mapped key.
+
+    Also the mapping (EMD key -> attribute name), each attribute checked to be declared.
+    """
+    raw = describe(f"SELECT * FROM {relation}")
+    for col, what in ((dataset.name_column, "name_column"), (dataset.value_column, "value_column")):
+        _need(raw, col, "emd", what)
+    for k in dataset.key:
+        _need(raw, k, "emd", "key column")
+    mapped = dict(config.attributes.emd.map)
+    for key, attr_name in mapped.items():
+        if attr_name not in declared:
+            raise ConfigError(
+                f"attributes.emd.map.{key}: '{attr_name}' is not a declared attribute",
+                hint="declare it under attributes.realtime or attributes.batch",
+            )
+    pivots = [
+        dialect.pivot(
+            quote(dataset.value_column),
+            quote(dataset.name_column),
+            "'" + key.replace("'", "''") + "'",
+        )
+        + f" AS {quote('emd:' + key)}"
+        for key in mapped
+    ]
+    group = ", ".join(quote(k) for k in dataset.key)
+    extra = (
+        [f"max({quote(dataset.updated_at)}) AS {quote(dataset.updated_at)}"]
+        if (dataset.updated_at and dataset.updated_at not in dataset.key)
+        else []
+    )
+    return f"SELECT {', '.join([group, *pivots, *extra])} FROM {relation} GROUP BY {group}", mapped
+
+
+def _columns(
+    config: Config,
+    name: str,
+    dataset: Dataset,
+    types: dict[str, str],
+    declared: dict[str, Attribute],
+    emd_mapped: dict[str, str],
+    dialect: Dialect,
+) -> list[OutColumn]:
+    """The exported columns but LastUpdated: plain columns, attributes, then Currency."""
     columns: list[OutColumn] = []
     for out, col in dataset.columns.items():
         _need(types, col, name, "column")
@@ -310,27 +361,4 @@ def make_plan(
     elif any(c.decimal for c in columns) and CURRENCY not in seen:
         code = config.locale.default_currency.replace("'", "")
         columns.append(OutColumn(CURRENCY, f"'{code}'"))
-
-    stamp = run_started.strftime("%Y-%m-%d %H:%M:%S")
-    last_updated = f"TIMESTAMP '{stamp}'"
-    stamped = None
-    if dataset.updated_at:
-        _need(types, dataset.updated_at, name, "updated_at column")
-        stamped = dialect.utc(f"b.{quote(dataset.updated_at)}")
-        last_updated = f"coalesce({stamped}, {last_updated})"
-
-    by_source = {col: out for out, col in dataset.columns.items()}
-    return Plan(
-        dataset=name,
-        base_sql=base_sql,
-        key=list(dataset.key),
-        key_out=[by_source.get(k, k) for k in dataset.key],
-        columns=columns,
-        last_updated=last_updated,
-        emit_deletes=dataset.emit_deletes,
-        emd_mapped=emd_mapped,
-        emd_relation=relation if name == "emd" else None,
-        emd_name_column=dataset.name_column,
-        dialect=dialect,
-        updated_at=stamped,
-    )
+    return columns

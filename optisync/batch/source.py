@@ -1,9 +1,9 @@
-"""Where batch data is read from, behind one small interface.
+"""Where the DuckDB pipeline reads batch data, behind one small interface.
 
 Every source exposes its tables to a DuckDB connection, so the rest of the export is SQL
 that DuckDB streams. A DuckDB database file is attached read-only; a folder of extracts is
-read through views over ``read_csv`` / ``read_parquet``. A Snowflake source (issue 6) will
-implement the same ``Source`` protocol.
+read through views over ``read_csv`` / ``read_parquet``. A Snowflake source implements the
+same ``Source`` protocol but is read in the warehouse (``snowflake.source``).
 """
 
 from __future__ import annotations
@@ -111,9 +111,10 @@ def make_source(config: Config) -> Source:
     """The configured source; ConfigError for a kind this build cannot read."""
     settings: BatchSource = config.batch.source
     if settings.kind == "snowflake":
+        # The run sends a Snowflake source to the warehouse pipeline; never read here.
         raise ConfigError(
-            "batch.source.kind: snowflake is not available yet",
-            hint="export to files from a DuckDB database or a folder of extracts",
+            "batch.source.kind: snowflake is read in the warehouse, not through DuckDB",
+            hint="export a Snowflake source with optisync export-batch",
         )
     if settings.path is None:
         raise ConfigError(

@@ -1,6 +1,6 @@
 """Publishing a run's files: staged under hidden names, renamed into place, manifest, _SUCCESS.
 
-Layout (design.md §6)::
+Layout (docs/batch.md, "Output files")::
 
     <output.dir>/<run date>/<dataset>/<dataset>-<run id>-<nnnn>.csv.gz   (or .parquet)
     <output.dir>/<run date>/<dataset>/<dataset>-<run id>-deletes-<nnnn>.csv.gz
@@ -33,7 +33,7 @@ from optisync.config.models import Config
 from optisync.durable import TMP_PREFIX, atomic_write, fsync_dir, fsync_file
 from optisync.errors import StorageError
 
-__all__ = ["FileWriter", "PublishedFile", "StagedFile", "write_file"]
+__all__ = ["FileWriter", "Kind", "PublishedFile", "StagedFile", "write_file"]
 
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from optisync.batch import export_batch
 from optisync.batch.writer import FileWriter
+from optisync.commands.batch import export_batch
 from optisync.errors import ExitCode
 from optisync.lock import RunLock
 from tests.support import EXAMPLES, invoke
@@ -116,17 +116,17 @@ def test_comparison_in_key_hash_parts_finds_the_same_delta(
     sample: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past PART_MIB of keys the comparison runs in key-hash parts (flat memory)."""
-    from optisync.batch import export, memory
+    from optisync.batch import local, memory
 
     monkeypatch.setattr(memory, "PART_MIB", 0.0002)  # ~200 bytes: several parts here
     counts: list[int] = []
-    real_parts = export.parts
+    real_parts = local.parts
 
     def record(rows: int, text: int, keys: int) -> int:
         counts.append(real_parts(rows, text, keys))
         return counts[-1]
 
-    monkeypatch.setattr(export, "parts", record)
+    monkeypatch.setattr(local, "parts", record)
     test_changes_export_exactly_the_changed_rows_and_deletions(sample)
     assert counts and max(counts) > 1
 

@@ -19,7 +19,7 @@ import duckdb
 import pytest
 import yaml
 
-from optisync.batch import export_batch
+from optisync.commands.batch import export_batch
 from tests.support import EXAMPLES, invoke
 
 fakesnow = pytest.importorskip("fakesnow")
