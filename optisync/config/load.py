@@ -15,7 +15,6 @@ from typing import Any
 from optisync.config.checks import check, check_routing
 from optisync.config.models import SECRET_ALIASES, Config
 from optisync.config.source import (
-    Loc,
     Problem,
     Source,
     find_config,
@@ -123,7 +122,8 @@ def _require(src: Source, config: Config, key: str) -> None:
     try:
         config.require_secret(key)
     except ConfigError as exc:
-        dotted_key = SECRET_ALIASES.get(key, key)
-        loc: Loc = tuple(dotted_key.split("."))
-        message = exc.message.removeprefix(f"{dotted_key}: ").removeprefix(dotted_key + " ")
-        src.add(loc, message, hint=exc.hint)
+        # messages read "<dotted key>: <what>"; the key may be the *_file one
+        where, _, message = exc.message.partition(": ")
+        if not message or " " in where:
+            where, message = SECRET_ALIASES.get(key, key), exc.message
+        src.add(tuple(where.split(".")), message, hint=exc.hint)

@@ -549,7 +549,7 @@ class Config(Strict):
                 hint=f"export {variable}=... before running optisync",
             )
         raise ConfigError(
-            f"{key} is not configured, and this command needs it",
+            f"{key}: not configured, and this command needs it",
             hint=f"set {key.rpartition('.')[2]}: ${{VARIABLE}} in the config"
             + (f" or {key.rpartition('.')[2]}_file" if key.startswith("optimove.") else ""),
         )
