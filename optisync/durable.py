@@ -8,6 +8,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
 __all__ = [
@@ -50,7 +51,10 @@ def ensure_private_dir(path: Path) -> Path:
             folder.mkdir(mode=DIR_MODE)
         except FileExistsError:
             continue  # a concurrent run made it: fine, and not ours to chmod
-        folder.chmod(DIR_MODE)  # mkdir's mode is cut by the umask
+        # mkdir's mode is cut by the umask; an odd one (0277) would leave it unusable
+        made = folder.lstat()
+        if stat.S_ISDIR(made.st_mode) and stat.S_IMODE(made.st_mode) != DIR_MODE:
+            folder.chmod(DIR_MODE)
     return path
 
 

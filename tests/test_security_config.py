@@ -95,6 +95,9 @@ def test_key_file_with_more_than_one_final_newline_is_refused(
         load_config(path, environ={})
     text = _problems(exc)
     assert "optimove.api_key_file" in text and "REST" not in text
+    report = validate_config(path)
+    bad_file = [p for p in report.errors if p.key == "optimove.api_key_file"]
+    assert len(bad_file) == 1 and "REST" not in bad_file[0].render()
     # the lazy read a client makes is guarded the same way
     settings = OptimoveSettings(api_key_file=key)
     with pytest.raises(ConfigError, match="optimove.api_key_file") as lazy:

@@ -58,6 +58,8 @@ def validate_config(path: Path, *, strict: bool = False) -> Report:
     """Run every check on the config file at ``path`` and return all problems found."""
     src = read_source(path)
     config = validate_source(src) if src.data else None
+    if config is not None:
+        _check_secret_files(src, config)
     if src.lines or not src.errors:  # a file that did not parse at all has nothing to check
         check(src, config if config is not None else lenient(src))
     src.problems.sort(key=lambda p: (p.file != str(path), p.line or 0))
