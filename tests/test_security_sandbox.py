@@ -24,7 +24,17 @@ def test_non_loopback_address_is_refused_without_allow_remote(host: str) -> None
         Sandbox(SandboxConfig(api_key=KEY), host, 0)
 
 
-def test_cli_refuses_0_0_0_0(tmp_path: Path) -> None:
+def _never_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Were the refusal gone, the command would serve for ever: fail instead of hanging."""
+
+    def serve_forever(self: Sandbox) -> None:  # pragma: no cover - only on regression
+        pytest.fail("the sandbox started serving")
+
+    monkeypatch.setattr(Sandbox, "serve_forever", serve_forever)
+
+
+def test_cli_refuses_0_0_0_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    _never_serve(monkeypatch)
     result = invoke("sandbox", "--host", "0.0.0.0", "--port", "0", expect=ExitCode.USAGE)
     assert "not a loopback address" in result.stderr and "--allow-remote" in result.stderr
 
@@ -100,7 +110,10 @@ def test_config_rejects_bad_limits() -> None:
         SandboxConfig(api_key=KEY, max_connections=0)
 
 
-def test_record_file_refuses_a_planted_symlink(tmp_path: Path) -> None:
+def test_record_file_refuses_a_planted_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _never_serve(monkeypatch)
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
     record = tmp_path / "record.jsonl"
