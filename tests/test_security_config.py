@@ -11,8 +11,7 @@ import pytest
 from optisync.config import load_config, validate_config
 from optisync.config.models import OptimoveSettings
 from optisync.errors import ConfigError, ExitCode
-
-from .conftest import FakeOptimove, WriteConfig, invoke
+from tests.support import FakeOptimove, WriteConfig, invoke
 
 SECRET = "REST-KEY-abc123"
 

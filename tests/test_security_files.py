@@ -16,8 +16,7 @@ import pytest
 from optisync.durable import atomic_write, ensure_private_dir, write_new
 from optisync.errors import ExitCode, StorageError
 from optisync.lock import RunLock
-
-from .conftest import EXAMPLES, invoke
+from tests.support import EXAMPLES, invoke
 
 VICTIM_TEXT = "precious: do not touch\n"
 

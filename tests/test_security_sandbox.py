@@ -12,8 +12,7 @@ import pytest
 
 from optisync.errors import ExitCode, StorageError, UsageError
 from optisync.sandbox import Sandbox, SandboxConfig
-
-from .conftest import invoke
+from tests.support import invoke
 
 KEY = "test-key-sec-2b7e"
 
