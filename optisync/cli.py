@@ -459,9 +459,20 @@ def _dataset_progress(out: Output) -> Iterator[Callable[[str, int, int], None] |
 def sandbox_cmd(
     host: Annotated[str, typer.Option(help="Loopback address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8765,
+    allow_remote: Annotated[
+        bool,
+        typer.Option(
+            "--allow-remote", help="Allow a --host that is not loopback (other machines connect)."
+        ),
+    ] = False,
     api_key: Annotated[
-        str, typer.Option("--api-key", envvar="OPTIMOVE_API_KEY", help="Key clients must send.")
-    ] = "sandbox-key",
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="OPTIMOVE_API_KEY",
+            help="Key clients must send (default: a random one, printed at start).",
+        ),
+    ] = None,
     events_token: Annotated[
         str | None,
         typer.Option("--events-token", envvar="OPTIMOVE_EVENTS_TOKEN", help="HMAC token."),
@@ -507,6 +518,14 @@ def sandbox_cmd(
     """
     from optisync.sandbox import Faults, SandboxConfig, serve
 
+    if api_key is None:
+        import secrets
+
+        # a well-known default key would guard recorded member data with nothing
+        api_key = secrets.token_urlsafe(18)
+        typer.echo(
+            f"optisync sandbox API key (random, pass --api-key to choose): {api_key}", err=True
+        )
     templates = None
     catalog = None
     names = [n.strip() for n in attributes.split(",") if n.strip()] if attributes else None
@@ -539,6 +558,7 @@ def sandbox_cmd(
         record_path=record,
         keep_received=keep,
         catalog=catalog,
+        allow_remote=allow_remote,
     )
     serve(config, host, port)
 
@@ -714,6 +734,9 @@ def schema_events_cmd() -> None:
 
 def main() -> None:
     """Console-script entry point (``optisync`` and ``python -m optisync``)."""
+    # Everything optisync writes (exports, state, logs, and files DuckDB creates) holds member
+    # data or secrets: for the owner only, whatever umask cron or a shell handed down.
+    os.umask(0o077)
     if COMPLETE_VAR in os.environ:
         # a shell asking for completions: answer in the format of the scripts printed above
         from typer._completion_classes import completion_init

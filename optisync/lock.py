@@ -24,12 +24,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from optisync.durable import FILE_MODE, ensure_private_dir, is_symlink_error, open_private
 from optisync.errors import LockedError, StorageError
 
 __all__ = ["RunLock"]
 
-FILE_MODE = 0o600
-DIR_MODE = 0o700
 POLL_SECONDS = 0.1
 
 _HINT = (
@@ -113,10 +112,15 @@ class RunLock:
 
     def _open(self) -> int:
         try:
-            if not self.path.parent.exists():
-                self.path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            ensure_private_dir(self.path.parent)
+            fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
+            if is_symlink_error(exc):
+                # a planted link would have the lock truncate whatever it points to
+                raise StorageError(
+                    f"the lock file {self.path} is a symbolic link; refusing to follow it",
+                    hint="remove the link (and check who planted it); optisync recreates the file",
+                ) from exc
             raise self._storage_error(exc) from exc
         with contextlib.suppress(OSError):  # not ours to chmod (another user's file): fine
             os.fchmod(fd, FILE_MODE)

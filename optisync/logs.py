@@ -3,10 +3,13 @@ unless ``--log-pii`` is given (logs outlive runs and travel further than dead le
 
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
+
+from optisync.durable import ensure_private_dir, is_symlink_error, open_private
 
 _SHOW_PII = False
 
@@ -60,16 +63,7 @@ def setup(
     console.setFormatter(formatter)
     root.addHandler(console)
     if log_file is not None:
-        try:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(log_file, encoding="utf-8")
-        except OSError as exc:
-            from optisync.errors import StorageError
-
-            raise StorageError(
-                f"cannot write the log file {log_file}: {exc.strerror or exc}",
-                hint="choose a writable --log-file",
-            ) from exc
+        handler = _file_handler(log_file)
         handler.setLevel(logging.INFO)
         handler.setFormatter(
             formatter
@@ -77,3 +71,35 @@ def setup(
             else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
         )
         root.addHandler(handler)
+
+
+class _PrivateFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Appends to a file it opened itself (0600, never through a link); closes it on close."""
+
+    def close(self) -> None:
+        try:
+            self.flush()
+            self.stream.close()
+        finally:
+            super().close()
+
+
+def _file_handler(log_file: Path) -> logging.Handler:
+    """The --log-file handler. Logs may hold member data and error text: a new file is 0600
+    in 0700 folders, and a symbolic link at the path is refused, not written through."""
+    from optisync.errors import StorageError
+
+    try:
+        ensure_private_dir(log_file.parent)
+        fd = open_private(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except OSError as exc:
+        if is_symlink_error(exc):
+            raise StorageError(
+                f"the log file {log_file} is a symbolic link; refusing to follow it",
+                hint="log to a regular file: remove the link or choose another --log-file",
+            ) from exc
+        raise StorageError(
+            f"cannot write the log file {log_file}: {exc.strerror or exc}",
+            hint="choose a writable --log-file",
+        ) from exc
+    return _PrivateFileHandler(os.fdopen(fd, "a", encoding="utf-8"))

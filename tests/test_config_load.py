@@ -22,18 +22,18 @@ def test_env_interpolation_with_default(write_config: WriteConfig) -> None:
 
 
 def test_override_beats_file_and_parses_scalars(write_config: WriteConfig) -> None:
-    path = write_config("optimove:\n  api_url: http://file\n  concurrency: 2\n")
+    path = write_config("optimove:\n  api_url: https://file\n  concurrency: 2\n")
     config = load_config(
         path,
         environ={
-            "OPTISYNC_OPTIMOVE__API_URL": "http://env",
+            "OPTISYNC_OPTIMOVE__API_URL": "https://env",
             "OPTISYNC_OPTIMOVE__CONCURRENCY": "8",
             "OPTISYNC_OPTIMOVE__RETRY__MAX_ATTEMPTS": "2",
             "OPTISYNC_DEAD_LETTER__DIR": "/tmp/dl",
             "OPTISYNC_CONFIG": "ignored: not a section override",
         },
     )
-    assert config.optimove.api_url == "http://env"
+    assert config.optimove.api_url == "https://env"
     assert config.optimove.concurrency == 8
     assert config.optimove.retry.max_attempts == 2
     assert config.dead_letter.dir == Path("/tmp/dl")

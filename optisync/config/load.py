@@ -6,14 +6,14 @@ to be right, ``validate-config`` runs every check and reports every problem.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from collections.abc import Mapping as AbcMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from optisync.config.checks import check, check_routing
-from optisync.config.models import Config
+from optisync.config.models import SECRET_ALIASES, Config
 from optisync.config.source import (
     Problem,
     Source,
@@ -66,6 +66,8 @@ def validate_config(
     """
     src = read_source(path)
     config = validate_source(src) if src.data else None
+    if config is not None:
+        _check_secret_files(src, config)
     if src.lines or not src.errors:  # a file that did not parse at all has nothing to check
         checked = config if config is not None else lenient(src)
         check(src, checked)
@@ -75,16 +77,33 @@ def validate_config(
     return Report(path, src.problems, strict)
 
 
-def load_config(path: Path | None = None, environ: AbcMapping[str, str] | None = None) -> Config:
+def load_config(
+    path: Path | None = None,
+    environ: AbcMapping[str, str] | None = None,
+    *,
+    need: Collection[str] = (),
+    need_if_configured: Collection[str] = (),
+) -> Config:
     """Load and validate a config for a command; raise ``ConfigError`` listing every error.
 
     Structure and routing are required here (a wrong routing target would fail every
     message, not just one); ``validate-config`` runs the full checks.
+
+    ``need``: secrets (``api_key``, ``events_token`` or dotted keys such as
+    ``batch.snowflake.password``) the command cannot run without. ``need_if_configured``:
+    secrets that are optional, but once the file names one (``${VAR}``) it must resolve,
+    so an unset variable is an error rather than a silent fallback.
     """
     src = read_source(find_config(path), environ)
     config = validate_source(src) if not src.errors else None
     if config is not None:
         check_routing(src, config)
+        _check_secret_files(src, config)
+        for key in need:
+            _require(src, config, key)
+        for key in need_if_configured:
+            if config.secret_configured(key):
+                _require(src, config, key)
     if src.errors or config is None:
         problems = [p.render() for p in src.errors]
         raise ConfigError(
@@ -93,3 +112,31 @@ def load_config(path: Path | None = None, environ: AbcMapping[str, str] | None =
             problems=problems,
         )
     return config
+
+
+def _check_secret_files(src: Source, config: Config) -> None:
+    """A key file that exists must hold a usable secret; one that is missing is reported
+    only to a command that needs it (another host may be the one that mounts it)."""
+    settings = config.optimove
+    for name in ("api_key", "events_token"):
+        value = getattr(settings, name)
+        path: Path | None = getattr(settings, f"{name}_file")
+        if (value is not None and value.get_secret_value()) or path is None:
+            continue
+        if not path.exists():
+            continue
+        try:
+            settings.secret(name)
+        except ConfigError as exc:
+            src.add(("optimove", f"{name}_file"), exc.message.partition(": ")[2], hint=exc.hint)
+
+
+def _require(src: Source, config: Config, key: str) -> None:
+    try:
+        config.require_secret(key)
+    except ConfigError as exc:
+        # messages read "<dotted key>: <what>"; the key may be the *_file one
+        where, _, message = exc.message.partition(": ")
+        if not message or " " in where:
+            where, message = SECRET_ALIASES.get(key, key), exc.message
+        src.add(tuple(where.split(".")), message, hint=exc.hint)

@@ -4,10 +4,13 @@ The section names are part of the product contract (docs/config.md); the keys in
 documented, one comment per key, in ``examples/optisync.yaml``.
 """
 
+import ipaddress
 import re
+import unicodedata
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -15,10 +18,12 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from optisync.errors import ConfigError
 from optisync.events import EventType
 
 
@@ -59,7 +64,65 @@ class OptInSettings(Strict):
         return self
 
 
+# Characters no secret may hold: controls (a newline ends an HTTP header early or makes the
+# standard library echo the whole header in its error), format characters (invisible) and
+# line or paragraph separators.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def secret_problem(value: str, *, header: bool = False) -> str | None:
+    """Why ``value`` cannot be used as a secret, or None; the text never quotes the value.
+
+    ``header``: the secret travels in an HTTP header, so only printable ASCII is accepted.
+    """
+    if any(unicodedata.category(c) in _UNSAFE_CATEGORIES for c in value):
+        return "contains a control character (a newline or similar); the value is not shown"
+    if value != value.strip():
+        return "has leading or trailing whitespace; the value is not shown"
+    if header and not all(" " <= c < "\x7f" for c in value):
+        return "must be printable ASCII (it is sent in an HTTP header); the value is not shown"
+    return None
+
+
+def read_secret_file(path: Path, key: str) -> str | None:
+    """A secret kept in a file: one trailing line break is dropped (files usually end in one),
+    anything else unusual is refused. ``key`` names the setting in errors, never the value.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ConfigError(f"{key}: cannot read {path}: {reason}") from None
+    if text.endswith("\n"):
+        text = text[: -2 if text.endswith("\r\n") else -1]
+    if not text:
+        return None
+    problem = secret_problem(text, header=True)
+    if problem:
+        raise ConfigError(
+            f"{key}: the secret in {path} {problem}",
+            hint="write the secret alone in the file; one final newline is allowed",
+        )
+    return text
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: traffic that never leaves this machine."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class OptimoveSettings(Strict):
+    # Declared before the URLs: their validator reads it.
+    allow_insecure_http: bool = Field(
+        False, description="accept http:// for a host that is not loopback (not recommended)"
+    )
     api_url: str = "https://api4.optimove.net"
     events_url: str | None = None
     tenant_id: int | None = Field(None, ge=0)
@@ -80,20 +143,38 @@ class OptimoveSettings(Strict):
     state_dir: Path = Path("var/state")
 
     def secret(self, name: Literal["api_key", "events_token"]) -> str | None:
-        """The secret's value, from the config (usually ``${ENV}``) or else its ``*_file``."""
+        """The secret's value, from the config (usually ``${ENV}``) or else its ``*_file``.
+
+        Raises ConfigError (naming the key, never the value) when the value is unusable.
+        """
         value: SecretStr | None = getattr(self, name)
         if value is not None and value.get_secret_value():
-            return value.get_secret_value()
+            text = value.get_secret_value()
+            problem = secret_problem(text, header=True)
+            if problem:
+                raise ConfigError(f"optimove.{name}: {problem}")
+            return text
         path: Path | None = getattr(self, f"{name}_file")
         if path is not None:
-            return path.read_text(encoding="utf-8").strip() or None
+            return read_secret_file(path, f"optimove.{name}_file")
         return None
 
     @field_validator("api_url", "events_url")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        match = re.match(r"^(https?)://([^\s/]+)", value)
+        if not match:
             raise ValueError("must be an http(s) URL, e.g. https://api4.optimove.net")
+        if match.group(1) == "http" and not info.data.get("allow_insecure_http", False):
+            host = urlsplit(value).hostname
+            if not is_loopback_host(host):
+                # the API key and member data would cross the network in clear text
+                raise ValueError(
+                    f"plain http:// to {host} would send the API key unencrypted; use https://"
+                    " (or set optimove.allow_insecure_http: true, e.g. behind a TLS proxy)"
+                )
         return value.rstrip("/") if value else value
 
 
@@ -415,10 +496,73 @@ class Config(Strict):
 
     # Where the file was read from: relative paths in it are relative to its folder.
     _base_dir: Path = PrivateAttr(default_factory=Path)
+    # Secrets the file names as ``${VAR}`` whose variable was not set: dotted key -> VAR.
+    _unset_secrets: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def path(self, value: Path) -> Path:
         """A path from the file, resolved against the file's folder."""
         return value if value.is_absolute() else self._base_dir / value
+
+    @property
+    def unset_secrets(self) -> dict[str, str]:
+        """Secrets configured as ``${VAR}`` with VAR unset: dotted key -> variable name."""
+        return dict(self._unset_secrets)
+
+    def secret_configured(self, key: str) -> bool:
+        """Whether the file sets the secret at dotted ``key`` at all (even to an unset VAR)."""
+        key = SECRET_ALIASES.get(key, key)
+        if key in self._unset_secrets:
+            return True
+        if key.startswith("optimove."):
+            name = key.removeprefix("optimove.")
+            return (
+                getattr(self.optimove, name) is not None
+                or getattr(self.optimove, f"{name}_file") is not None
+            )
+        return self.batch.snowflake is not None and (
+            getattr(self.batch.snowflake, key.removeprefix("batch.snowflake.")) is not None
+        )
+
+    def require_secret(self, key: str) -> str:
+        """The value of the secret at dotted ``key`` (``api_key``, ``events_token`` or a full
+        key such as ``batch.snowflake.password``), for a command that cannot run without it.
+
+        Raises ConfigError naming the key (and the unset variable), never a value.
+        """
+        key = SECRET_ALIASES.get(key, key)
+        if key not in SECRET_KEYS:
+            raise ValueError(f"{key!r} is not a secret of the config")
+        value: str | None = None
+        if key in ("optimove.api_key", "optimove.events_token"):
+            value = self.optimove.secret(key.removeprefix("optimove."))  # type: ignore[arg-type]
+        elif self.batch.snowflake is not None:
+            held: SecretStr | None = getattr(
+                self.batch.snowflake, key.removeprefix("batch.snowflake.")
+            )
+            value = held.get_secret_value() if held is not None else None
+        if value:
+            return value
+        variable = self._unset_secrets.get(key)
+        if variable:
+            raise ConfigError(
+                f"{key}: environment variable {variable} is not set, and this command needs it",
+                hint=f"export {variable}=... before running optisync",
+            )
+        raise ConfigError(
+            f"{key}: not configured, and this command needs it",
+            hint=f"set {key.rpartition('.')[2]}: ${{VARIABLE}} in the config"
+            + (f" or {key.rpartition('.')[2]}_file" if key.startswith("optimove.") else ""),
+        )
+
+
+# Every secret of the file, as dotted keys; the short names mean the Optimove ones.
+SECRET_KEYS = (
+    "optimove.api_key",
+    "optimove.events_token",
+    "batch.snowflake.password",
+    "batch.snowflake.private_key_passphrase",
+)
+SECRET_ALIASES = {"api_key": "optimove.api_key", "events_token": "optimove.events_token"}
 
 
 SECTIONS = tuple(Config.model_fields)

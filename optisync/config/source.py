@@ -17,19 +17,21 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from optisync.config.models import SECTIONS, AttributesSection, Config, RoutingSection
+from optisync.config.models import (
+    SECRET_KEYS,
+    SECTIONS,
+    AttributesSection,
+    Config,
+    RoutingSection,
+    secret_problem,
+)
 from optisync.errors import ConfigError
 
 Severity = Literal["error", "warning"]
 Loc = tuple[str | int, ...]
-SECRET_PATHS: frozenset[Loc] = frozenset(
-    {
-        ("optimove", "api_key"),
-        ("optimove", "events_token"),
-        ("batch", "snowflake", "password"),
-        ("batch", "snowflake", "private_key_passphrase"),
-    }
-)
+SECRET_PATHS: frozenset[Loc] = frozenset(tuple(key.split(".")) for key in SECRET_KEYS)
+# Secrets sent in an HTTP header: printable ASCII only.
+HEADER_SECRETS: frozenset[Loc] = frozenset({("optimove", "api_key"), ("optimove", "events_token")})
 ENV_PREFIX = "OPTISYNC_"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -76,6 +78,8 @@ class Source:
     lines: dict[Loc, int]
     problems: list[Problem] = field(default_factory=list)
     env_overrides: dict[Loc, str] = field(default_factory=dict)
+    # secrets written as ${VAR} with VAR unset: where -> VAR
+    unset_secrets: dict[Loc, str] = field(default_factory=dict)
 
     def line(self, loc: Loc) -> int | None:
         for end in range(len(loc), -1, -1):
@@ -137,7 +141,26 @@ def read_source(path: Path, environ: AbcMapping[str, str] | None = None) -> Sour
         src.data = _construct(node, (), src)
     _interpolate(src, src.data, (), environ)
     _apply_env_overrides(src, environ)
+    _check_secrets(src)
     return src
+
+
+class AliasRefused(yaml.MarkedYAMLError):
+    """The config uses a YAML alias (``*name``)."""
+
+
+class NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases: a few hundred bytes of nested aliases expand to
+    gigabytes (and ``&a [*a]`` to an endless structure); a config never needs them."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise AliasRefused(
+                problem=f"alias *{event.anchor}",
+                problem_mark=event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
 
 def _compose_recovering(text: str, src: Source) -> yaml.Node | None:
@@ -149,7 +172,23 @@ def _compose_recovering(text: str, src: Source) -> yaml.Node | None:
     lines = text.splitlines()
     for _ in range(20):
         try:
-            return yaml.compose("\n".join(lines), Loader=yaml.SafeLoader)
+            return yaml.compose("\n".join(lines), Loader=NoAliasLoader)
+        except AliasRefused as exc:
+            mark = exc.problem_mark
+            line = mark.line if mark is not None else len(lines)
+            src.problems.append(
+                Problem(
+                    str(src.path),
+                    line + 1 if mark is not None else None,
+                    "",
+                    f"YAML {exc.problem} at column {mark.column + 1 if mark else '?'}:"
+                    " anchors and aliases are not allowed in the config",
+                    hint="write the value out in full where the alias stands",
+                )
+            )
+            if line >= len(lines) or not lines[line].strip():
+                return None
+            lines[line] = ""
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             if mark is None:
@@ -240,6 +279,7 @@ def _interpolate(src: Source, value: Any, loc: Loc, environ: AbcMapping[str, str
     result = _ENV_REF.sub(sub, value)
     if missing:
         if loc in SECRET_PATHS:
+            src.unset_secrets[loc] = missing[0]
             src.add(
                 loc,
                 f"environment variable {missing[0]} is not set;"
@@ -288,11 +328,36 @@ def _apply_env_overrides(src: Source, environ: AbcMapping[str, str]) -> None:
         value: Any = raw
         if loc not in SECRET_PATHS:
             try:
-                value = yaml.safe_load(raw) if raw.strip() else raw
+                value = yaml.load(raw, Loader=NoAliasLoader) if raw.strip() else raw  # noqa: S506
             except yaml.YAMLError:
                 value = raw
         node[keys[-1]] = value
         src.env_overrides[loc] = name
+
+
+def _check_secrets(src: Source) -> None:
+    """Refuse secrets with control characters or surrounding whitespace, naming the key only.
+
+    A secret with a newline would be refused by the HTTP library with an error quoting it, so
+    it is stopped here, before anything can print it.
+    """
+    for loc in sorted(SECRET_PATHS):
+        parent: Any = src.data
+        for part in loc[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict):
+            continue
+        value = parent.get(loc[-1])
+        if not isinstance(value, str) or not value:
+            continue
+        problem = secret_problem(value, header=loc in HEADER_SECRETS)
+        if problem:
+            parent[loc[-1]] = None  # never kept, so never echoed by a later check
+            src.add(
+                loc,
+                problem,
+                hint="a variable or file holding a secret often ends in a newline: remove it",
+            )
 
 
 def validate_source(src: Source) -> Config | None:
@@ -308,6 +373,7 @@ def validate_source(src: Source) -> Config | None:
             _report(src, err)
         return None
     config._base_dir = src.path.parent
+    config._unset_secrets = {dotted(loc): name for loc, name in src.unset_secrets.items()}
     return config
 
 

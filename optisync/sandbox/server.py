@@ -7,6 +7,7 @@ so keep-alive clients never wait on delayed ACKs. Nothing is logged per request.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import signal
 import socket
 import sys
@@ -17,9 +18,27 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
+from optisync.errors import UsageError
 from optisync.sandbox.state import Faults, Reply, SandboxConfig, SandboxState
 
 MAX_BODY = 32 * 1024 * 1024
+
+
+# Sent, then the connection closed, when max_connections are already open.
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\n\r\n"
+)
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1; names other than localhost are not resolved."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class _Server(ThreadingHTTPServer):
@@ -31,7 +50,29 @@ class _Server(ThreadingHTTPServer):
         self.state = state
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(state.config.max_connections)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # One thread per connection, but not without bound: a flood of idle connections
+        # would otherwise exhaust threads and memory.
+        if not self.slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that vanished (killed, timed out) is routine here, not worth a traceback.
@@ -55,6 +96,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # a client that stalls mid-request (or idles on keep-alive) frees its thread
+        self.connection.settimeout(self.server.state.config.socket_timeout)
         with self.server.connections_lock:
             self.server.connections.add(self.connection)
 
@@ -149,6 +192,12 @@ class Sandbox:
     """
 
     def __init__(self, config: SandboxConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+        if not config.allow_remote and not is_loopback(host):
+            raise UsageError(
+                f"refusing to listen on {host}: not a loopback address",
+                hint="anyone who reaches the sandbox with its key reads the member data it"
+                " recorded; pass --allow-remote (allow_remote=True) if that is intended",
+            )
         self.config = config
         self._state = SandboxState(config)
         self._server = _Server((host, port), self._state)

@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import os
 import random
 import threading
 import time
@@ -45,6 +46,8 @@ from pathlib import Path
 from typing import IO, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
+from optisync.durable import is_symlink_error, open_private
+from optisync.errors import StorageError
 from optisync.sandbox import validation as v
 from optisync.sandbox.catalog import Catalog
 
@@ -137,10 +140,18 @@ class SandboxConfig:
     record_path: Path | None = None  # when set, append every accepted request as JSON line
     keep_received: int | None = None  # keep only the last N accepted requests; None = all
     catalog: Catalog | None = None  # the account's attributes and template details
+    # Recorded requests hold member data: other machines may connect only when asked for.
+    allow_remote: bool = False
+    socket_timeout: float = 30.0  # seconds a connection may sit idle or trickle bytes
+    max_connections: int = 256  # open connections at once; more are answered 503 and closed
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, str) or not self.api_key:
             raise ValueError("api_key must be a non-empty string")
+        if not self.socket_timeout > 0:
+            raise ValueError(f"socket_timeout must be > 0, got {self.socket_timeout}")
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
         if self.events_token is not None and not self.events_token:
             raise ValueError("events_token must be non-empty when set")
         _check_limit("rate_limit", self.rate_limit)
@@ -271,6 +282,20 @@ def normalize_path(path: str) -> str:
     return norm
 
 
+def _open_record(path: Path) -> IO[str]:
+    """The --record file: appended to, created 0600, never written through a planted link."""
+    try:
+        fd = open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except OSError as exc:
+        if is_symlink_error(exc):
+            raise StorageError(
+                f"the record file {path} is a symbolic link; refusing to follow it",
+                hint="record to a regular file: remove the link or choose another --record",
+            ) from exc
+        raise
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -283,7 +308,7 @@ class SandboxState:
         self._lock = threading.Lock()
         self._record_file: IO[str] | None = None
         if config.record_path is not None:
-            self._record_file = config.record_path.open("a", encoding="utf-8")
+            self._record_file = _open_record(config.record_path)
         self._ids = itertools.count(1)
         self._clear()
         self._set_faults(config.faults)
