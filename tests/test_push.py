@@ -5,6 +5,7 @@ goes out."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -375,3 +376,24 @@ def test_an_unrouted_message_is_kept_as_an_input_letter(
     again = commands.push_event(config, EventSource(input=str(path)), client_factory=fake.client)
     assert again.skipped == 2
     assert len(letters(tmp_path)) == 1
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        {"id": "4111111111111111", "type": "MEMBER_TIER", "member_id": "M1"},
+        {"id": "e1", "type": "NOPE 4111111111111111", "member_id": "M1"},
+        {"id": "e1", "type": "MEMBER_TIER", "member_id": "4111-1111-1111-1111"},
+    ],
+    ids=["id", "type", "member_id"],
+)
+def test_no_card_number_reaches_a_letter_file_from_any_field(
+    fake: FakeOptimove, tmp_path: Path, line: dict[str, str]
+) -> None:
+    path = tmp_path / "in.ndjson"
+    path.write_text(json.dumps({**line, "occurred_at": "2026-11-25T10:00:00Z", "data": {}}) + "\n")
+    fake.push(path, expect=ExitCode.INVALID_INPUT)
+    written = [p.read_text() for p in (tmp_path / "dl").rglob("*.json")]
+    assert len(written) == 1
+    assert not re.search(r"4111.?1111.?1111.?1111", written[0])
+    assert "1111" in written[0]  # masked, last four kept, so the record stays identifiable

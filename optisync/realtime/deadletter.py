@@ -138,9 +138,12 @@ class DeadLetter(BaseModel):
         return (self.model_dump_json(by_alias=True, indent=2) + "\n").encode("utf-8")
 
     def masked(self) -> "DeadLetter":
-        """A copy with card numbers masked in every free-form field."""
+        """A copy with card numbers masked in every field that input or Optimove can fill
+        (an invalid record's ``id`` or ``type`` is kept as it came)."""
         return self.model_copy(
             update={
+                "message_id": mask_text(self.message_id),
+                "type": None if self.type is None else mask_text(self.type),
                 "envelope": mask_card_numbers(self.envelope),
                 "request": mask_card_numbers(self.request),
                 "endpoint": None if self.endpoint is None else mask_text(self.endpoint),
