@@ -1,4 +1,4 @@
-"""export-batch benchmark (issue 5), each figure a ratio against a baseline in the same run.
+"""export-batch benchmark, each figure a ratio against a baseline in the same run.
 
     .venv/bin/python benchmarks/batch.py [--members 1000000] [--big 5000000] [--skip-pandas]
 

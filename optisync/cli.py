@@ -85,7 +85,9 @@ def _write_metrics(ctx: click.Context, code: int, started: float, duration: floa
         write_metrics(path, figures)
     except OSError as exc:
         # the run's own outcome stands; monitoring notices the file going stale
-        _output(ctx).error(f"cannot write the metrics file {path}: {exc.strerror or exc}")
+        _output(ctx).line(
+            f"optisync: warning: cannot write the metrics file {path}: {exc.strerror or exc}"
+        )
 
 
 def _print_traceback(out: Output) -> None:

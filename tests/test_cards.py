@@ -1,4 +1,4 @@
-"""Card-number guard (design.md M12): detection rules and masking."""
+"""Card-number guard: detection rules and masking."""
 
 from __future__ import annotations
 

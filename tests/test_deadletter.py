@@ -1,4 +1,4 @@
-"""The dead-letter store (design.md §5)."""
+"""The dead-letter store (docs/dead-letters.md)."""
 
 from __future__ import annotations
 

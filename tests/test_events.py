@@ -1,4 +1,4 @@
-"""The input envelope and typed event data (design.md §3)."""
+"""The input envelope and typed event data (docs/envelope.md)."""
 
 from __future__ import annotations
 

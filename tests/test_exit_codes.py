@@ -1,4 +1,4 @@
-"""One test per documented exit code (design.md §2): the codes are a public API."""
+"""One test per documented exit code (docs/exit-codes.md): the codes are a public API."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The run lock (design.md §2: exit 75 when another run holds the lock)."""
+"""The run lock (docs/exit-codes.md: exit 75 when another run holds the lock)."""
 
 from __future__ import annotations
 

@@ -141,3 +141,16 @@ def test_booleans_and_lists_are_not_counts() -> None:
     assert 'item="read"' in text
     assert "dry_run" not in text
     assert "warnings" not in text
+
+
+def test_an_unwritable_metrics_file_is_a_warning_and_keeps_the_exit_code(
+    tmp_path: Path,
+) -> None:
+    metrics = tmp_path / "missing-folder" / "run.prom"
+    result = invoke(
+        "--metrics-file", str(metrics), "validate-config", str(EXAMPLES / "optisync.yaml")
+    )
+    assert result.exit_code == ExitCode.OK
+    assert f"optisync: warning: cannot write the metrics file {metrics}" in result.stderr
+    assert "error" not in result.stderr.replace("error(s)", "")
+    assert not metrics.exists()

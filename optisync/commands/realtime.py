@@ -133,11 +133,12 @@ def push_event(
                 )
         register = None
         if any(t.kind == "triggered" and t.delivery == "api" for t in config.templates.values()):
-            register_path = config.path(config.optimove.state_dir) / "opt-in.sqlite3"
-            if not dry_run or register_path.exists():
-                from optisync.realtime.optin import OptInRegister  # sqlite3, only when needed
+            # sqlite3 is imported only when a template needs the register
+            from optisync.realtime.optin import OptInRegister, register_path
 
-                register = OptInRegister(register_path)
+            path = register_path(config.path(config.optimove.state_dir))
+            if not dry_run or path.exists():
+                register = OptInRegister(path)
                 stack.callback(register.close)
         journal = None
         if source.input is not None and source.input != "-" and not dry_run:

@@ -1,6 +1,6 @@
 """``validate-config``: every check of a config file, reported in one run.
 
-Structural problems (YAML, unknown keys, types) come from ``configfile``; this module adds
+Structural problems (YAML, unknown keys, types) come from ``source``; this module adds
 the checks that need the whole picture: the 50-attribute limit, template tags against
 their mappings, mapping sources against the event models, routing targets, locales.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 
 from optisync.config.models import (
-    MAX_CONTEXT_PARAMS,
     SNAKE,
     Config,
     Mapping,
@@ -19,6 +18,7 @@ from optisync.config.models import (
 )
 from optisync.config.source import Loc, Source
 from optisync.events import EventType, has_path
+from optisync.optimove import limits
 
 _PREFIXED_TAG = re.compile(r"\b(TRANS|EVENT):([A-Za-z0-9_]+)")
 _TAG_START = re.compile(r"\[%\s*([A-Za-z][A-Za-z0-9_]*(?::[A-Za-z0-9_]*)*)")
@@ -153,11 +153,11 @@ def _events(src: Source, config: Config) -> None:
                 f"Optimove event name '{mapping.name}' must be snake_case",
                 hint=f"e.g. {kind.value.lower()}",
             )
-        if len(mapping.context) > MAX_CONTEXT_PARAMS:
+        if len(mapping.context) > limits.MAX_CONTEXT_PARAMS:
             src.add(
                 (*loc, "context"),
                 f"{len(mapping.context)} context parameters; Optimove allows at most"
-                f" {MAX_CONTEXT_PARAMS} per event",
+                f" {limits.MAX_CONTEXT_PARAMS} per event",
             )
         for param, value in mapping.context.items():
             ploc: Loc = (*loc, "context", param)

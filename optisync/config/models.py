@@ -25,6 +25,7 @@ from pydantic import (
 
 from optisync.errors import ConfigError
 from optisync.events import EventType
+from optisync.optimove import limits
 
 
 class Strict(BaseModel):
@@ -40,8 +41,10 @@ class Timeouts(Strict):
 
 
 class RateLimit(Strict):
-    requests: int = Field(50, ge=1, description="requests allowed per window")
-    per_seconds: float = Field(10.0, gt=0, description="window length in seconds")
+    requests: int = Field(limits.GENERAL_REQUESTS, ge=1, description="requests allowed per window")
+    per_seconds: float = Field(
+        limits.GENERAL_WINDOW_SECONDS, gt=0, description="window length in seconds"
+    )
 
 
 class RetryPolicy(Strict):
@@ -134,11 +137,14 @@ class OptimoveSettings(Strict):
     concurrency: int = Field(4, ge=1, le=64)
     rate_limit: RateLimit = Field(default_factory=RateLimit)
     transactional_rate_limit: RateLimit = Field(
-        default_factory=lambda: RateLimit(requests=10, per_seconds=1.0)
+        default_factory=lambda: RateLimit(
+            requests=limits.TRANSACTIONAL_REQUESTS,
+            per_seconds=limits.TRANSACTIONAL_WINDOW_SECONDS,
+        )
     )
     events_rate_limit: RateLimit | None = None
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    events_per_request: int = Field(1, ge=1, le=50)
+    events_per_request: int = Field(1, ge=1, le=limits.MAX_EVENTS_PER_REQUEST)
     opt_in: OptInSettings = Field(default_factory=OptInSettings)
     state_dir: Path = Path("var/state")
 
@@ -190,8 +196,8 @@ TYPE_ALIASES = {
     "integer": "INT",
     "bigint": "BIGINT",
     "date": "DATE",
-    "string": "NVARCHAR(255)",
-    "text": "NVARCHAR(255)",
+    "string": f"NVARCHAR({limits.MAX_STRING})",
+    "text": f"NVARCHAR({limits.MAX_STRING})",
     "boolean": "INT",
 }
 OPTIMOVE_TYPES = ("DECIMAL(19,4)", "INT", "BIGINT", "DATE", "VARCHAR(n)", "NVARCHAR(n)")
@@ -226,7 +232,9 @@ class Mapping(Strict):
 
     source: str = Field(min_length=1)
     format: Format = "raw"
-    truncate: bool = Field(False, description="cut strings to Optimove's 255 characters")
+    truncate: bool = Field(
+        False, description=f"cut strings to Optimove's {limits.MAX_STRING} characters"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -267,7 +275,12 @@ class AttributesSection(Strict):
     realtime: list[Attribute] = Field(default_factory=list)
     batch: list[Attribute] = Field(default_factory=list)
     emd: EmdSettings = Field(default_factory=EmdSettings)
-    limit: int = Field(50, ge=1, le=50, description="custom attributes allowed in all")
+    limit: int = Field(
+        limits.MAX_CUSTOM_ATTRIBUTES,
+        ge=1,
+        le=limits.MAX_CUSTOM_ATTRIBUTES,
+        description="custom attributes allowed in all",
+    )
 
 
 # --- events -----------------------------------------------------------------------------
@@ -312,9 +325,6 @@ class Target(StrEnum):
     @classmethod
     def listing(cls) -> str:
         return ", ".join(t.value for t in cls)
-
-
-MAX_CONTEXT_PARAMS = 50  # Optimove's limit of parameters per server-side event
 
 
 class Condition(Strict):
@@ -409,7 +419,7 @@ class BatchOutput(Strict):
     kind: Literal["files", "snowflake"] = "files"
     dir: Path = Path("var/export")
     format: Literal["csv", "parquet"] = "csv"
-    max_file_mb: int = Field(200, ge=1, le=1024)
+    max_file_mb: int = Field(200, ge=1, le=limits.MAX_BATCH_FILE_MB)
     schema_: str | None = Field(
         None, alias="schema", description="snowflake: the schema shared with Optimove"
     )
@@ -498,6 +508,11 @@ class Config(Strict):
     _base_dir: Path = PrivateAttr(default_factory=Path)
     # Secrets the file names as ``${VAR}`` whose variable was not set: dotted key -> VAR.
     _unset_secrets: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def read_from(self, base_dir: Path, unset_secrets: dict[str, str] | None = None) -> None:
+        """Record where the file was read from and which ``${VAR}`` secrets were unset."""
+        self._base_dir = base_dir
+        self._unset_secrets = dict(unset_secrets or {})
 
     def path(self, value: Path) -> Path:
         """A path from the file, resolved against the file's folder."""

@@ -372,8 +372,9 @@ def validate_source(src: Source) -> Config | None:
         for err in exc.errors(include_url=False):
             _report(src, err)
         return None
-    config._base_dir = src.path.parent
-    config._unset_secrets = {dotted(loc): name for loc, name in src.unset_secrets.items()}
+    config.read_from(
+        src.path.parent, {dotted(loc): name for loc, name in src.unset_secrets.items()}
+    )
     return config
 
 
@@ -393,7 +394,7 @@ def lenient(src: Source) -> Config:
     for name in SECTIONS:
         if name not in kwargs or kwargs[name] is None:
             setattr(config, name, Config.model_fields[name].get_default(call_default_factory=True))
-    config._base_dir = src.path.parent
+    config.read_from(src.path.parent)
     return config
 
 
