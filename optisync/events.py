@@ -223,6 +223,15 @@ def parse_envelope(obj: Any) -> Envelope:
     return Envelope.model_validate(obj)
 
 
+def parse_envelope_json(raw: bytes) -> Envelope:
+    """Validate one JSON document straight from its bytes; raises pydantic.ValidationError.
+
+    Laxer than ``decode`` + ``parse_envelope`` about NaN and Infinity, which it accepts:
+    callers screen those out first.
+    """
+    return Envelope.model_validate_json(raw)
+
+
 def envelope_schema() -> dict[str, Any]:
     """JSON Schema of the envelope: one ``oneOf`` branch per event type with its data model."""
     branches = []

@@ -212,3 +212,16 @@ def test_raw_prefilter_skips_ordinary_events() -> None:
     from optisync.cards import may_hold_card
 
     assert not may_hold_card('{"id": "e1", "occurred_at": "2026-11-25T10:00:00Z", "n": 5000}')
+
+
+# A reference of the prefilter as a single regex: the fast screen must answer exactly as it.
+_REFERENCE = __import__("re").compile(r"[0-9](?:[ -]?[0-9]){12}|\\u|[0-9][eE][+-]?[0-9]")
+
+
+@given(st.text(alphabet=st.sampled_from("0123456789  --eE+.\\u\"xé4"), max_size=60))
+def test_prefilter_screen_answers_exactly_as_the_regex(text: str) -> None:
+    from optisync.cards import may_hold_card
+
+    expected = _REFERENCE.search(text) is not None
+    assert may_hold_card(text) is expected
+    assert may_hold_card(text.encode()) is expected
