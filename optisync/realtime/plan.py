@@ -209,7 +209,11 @@ class Planner:
         currency = self.currency
         for name, source, fmt in self._attribute_sources(envelope.type):
             value = resolve(envelope, source)
-            if value is not None:
+            if value is None:
+                continue
+            if fmt == "raw" and (type(value) is str or type(value) is int):
+                values[name] = value  # what formatting would give back, without the calls
+            else:
                 values[name] = _attribute_value(value, fmt, locale, currency)
         emd = field_of(envelope.data, "emd")
         if isinstance(emd, dict):
