@@ -345,7 +345,7 @@ def bench_attributes(tmp: Path, n: int) -> dict[str, Any]:
             for i in range(min(n, CUSTOMERS_PER_CALL))
         ]
     }
-    rtt = round_trip(full, "/customers/updatecustomerattributes")
+    rtt = round_trip(full, "/Customers/UpdateCustomerAttributes")
     sandbox_call(PORT_LIMITED, "reset", "POST")
     seconds = push(cfg, "attributes", source)
     stats = sandbox_call(PORT_LIMITED, "stats")
@@ -412,7 +412,7 @@ def bench_transactional(tmp: Path, n: int) -> dict[str, Any]:
             body["UniqueMessageID"] = f"bench-rtt-{k}-{time.time()}"
             start = time.perf_counter()
             client.post(
-                f"http://127.0.0.1:{PORT_OPEN}/email/SendTransactionalMail", json=body
+                f"http://127.0.0.1:{PORT_OPEN}/TransactionalMail/SendTransactionalMail", json=body
             ).raise_for_status()
             times.append(time.perf_counter() - start)
     rtt = statistics.median(times)
