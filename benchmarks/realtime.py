@@ -44,7 +44,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-OPTISYNC = str(BIN / "optisync")
+OPTISYNC = os.environ.get("BENCH_OPTISYNC", str(BIN / "optisync"))  # or another build
 KEY = "bench-key"
 PORT_LIMITED, PORT_OPEN = 18901, 18902
 KEEP = 400  # requests each sandbox keeps, enough to count every customer and recipient
@@ -61,7 +61,8 @@ optimove:
   tenant_id: 1234
   api_key: {key}
   concurrency: {concurrency}
-  rate_limit: {{requests: 50, per_seconds: 10}}
+  rate_limit: {{requests: {general}, per_seconds: 10}}
+  transactional_rate_limit: {{requests: {transactional}, per_seconds: 1}}
 attributes:
   realtime:
     - {{name: FirstName, type: string, source: data.first_name, events: [MEMBER_PROFILE_UPDATE]}}
@@ -155,9 +156,19 @@ def accepted_items(port: int, kind: str, key: str) -> int:
 
 
 def config(tmp: Path, port: int, concurrency: int = 4) -> Path:
+    """The benchmark's config; against the open sandbox the client's own quotas are off
+    too (a million calls a window), so that "limits off" means off at both ends."""
     path = tmp / f"optisync-{port}-{concurrency}.yaml"
+    limited = port == PORT_LIMITED
     path.write_text(
-        CONFIG.format(port=port, key=KEY, dl=tmp / f"dl-{port}", concurrency=concurrency)
+        CONFIG.format(
+            port=port,
+            key=KEY,
+            dl=tmp / f"dl-{port}",
+            concurrency=concurrency,
+            general=GENERAL[0] if limited else 1_000_000,
+            transactional=TRANSACTIONAL[0] if limited else 1_000_000,
+        )
     )
     return path
 
