@@ -57,18 +57,48 @@ MAX_DIGITS = 19
 # a match from starting in the middle of a run; greediness makes it end at the run's end.
 _RUN = re.compile(r"(?<![0-9])(?<![0-9][ -])[0-9](?:[ -]?[0-9]){12,}")
 _SEPARATORS = re.compile(r"[ -]")
-# In raw JSON text, digits can also hide behind \u escapes or an exponent (4.111e15).
-# The prefilter looks for any 13-digit window, without _RUN's look-behinds: a superset.
-_CANDIDATE = re.compile(r"[0-9](?:[ -]?[0-9]){12}|\\u|[0-9][eE][+-]?[0-9]")
+# In raw JSON text, digits can also hide behind an exponent (4.111e15) or a \u escape
+# that writes a digit, a space or a dash (\u0034); any other escape writes a character
+# that ends a run, as the escape's own backslash does in the raw text. The prefilter looks
+# for any 13-digit window, without _RUN's look-behinds: a superset.
+_CANDIDATE = re.compile(r"[0-9](?:[ -]?[0-9]){12}|\\u00(?:3[0-9]|2[0dD])|[0-9][eE][+-]?[0-9]")
 
 
-def may_hold_card(raw_json: str) -> bool:
+# The regex above tries a match at every position of the text, which costs more than
+# validating the event. This table maps the text to a shape that plain substring searches
+# can screen: every digit becomes "0", "e" and "E" become "e", "+" stays, and everything
+# else becomes "x", while spaces and dashes are deleted. Deleting every separator joins
+# runs the regex would keep apart, so the screen answers "maybe" for a superset of the
+# texts the regex matches; only those are handed to the regex itself.
+_SHAPE = bytes(
+    ord("0")
+    if 48 <= b <= 57
+    else ord("e")
+    if b in b"eE"
+    else ord("+")
+    if b == ord("+")
+    else ord("x")
+    for b in range(256)
+)
+_THIRTEEN_DIGITS = b"0" * MIN_DIGITS
+_ESCAPE = re.compile(rb"\\u00(?:3[0-9]|2[0dD])")
+
+
+def may_hold_card(raw_json: str | bytes) -> bool:
     """False when the raw JSON text cannot hold a card number, so the walk can be skipped.
 
     Every string and number of a document appears in its text; a run of 13+ digits, an
-    escape or an exponent is needed to make one, and most events have none.
+    escape writing a digit or separator, or an exponent is needed to make one, and most
+    events have none. ``raw_json`` may be the text or its UTF-8 bytes (non-ASCII bytes
+    can be neither digits nor separators, so the answer is the same).
     """
-    return _CANDIDATE.search(raw_json) is not None
+    raw = raw_json if isinstance(raw_json, bytes) else raw_json.encode("utf-8", "surrogatepass")
+    shape = raw.translate(_SHAPE, b" -")
+    if _THIRTEEN_DIGITS not in shape and b"0e0" not in shape and b"0e+0" not in shape:
+        # only an escape can still make a candidate: the regex's own alternative for it
+        return b"\\u" in raw and _ESCAPE.search(raw) is not None
+    text = raw_json if isinstance(raw_json, str) else raw_json.decode("utf-8", "replace")
+    return _CANDIDATE.search(text) is not None
 
 
 # Luhn doubling table: digit d at an even position from the right (1-based) counts as this.

@@ -5,7 +5,7 @@ import json
 from datetime import UTC, date
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from functools import cache, cached_property
+from functools import cache, cached_property, lru_cache
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
@@ -223,6 +223,15 @@ def parse_envelope(obj: Any) -> Envelope:
     return Envelope.model_validate(obj)
 
 
+def parse_envelope_json(raw: bytes) -> Envelope:
+    """Validate one JSON document straight from its bytes; raises pydantic.ValidationError.
+
+    Laxer than ``decode`` + ``parse_envelope`` about NaN and Infinity, which it accepts:
+    callers screen those out first.
+    """
+    return Envelope.model_validate_json(raw)
+
+
 def envelope_schema() -> dict[str, Any]:
     """JSON Schema of the envelope: one ``oneOf`` branch per event type with its data model."""
     branches = []
@@ -298,16 +307,23 @@ def has_path(kind: EventType, path: str) -> bool:
     return path.startswith("data.emd.") and "data.emd" in paths and len(path) > len("data.emd.")
 
 
+@lru_cache(maxsize=4096)
+def _steps(path: str) -> tuple[str, tuple[tuple[str, bool], ...]]:
+    """A dotted path split once: its head and each later step with whether it is digits."""
+    head, _, rest = path.partition(".")
+    return head, tuple((part, part.isdigit()) for part in rest.split(".")) if rest else ()
+
+
 def resolve(envelope: Envelope, path: str) -> Any:
     """The value at a dotted path of an envelope, or None where any step is absent."""
-    head, _, rest = path.partition(".")
+    head, steps = _steps(path)
     value: Any = envelope.message_id if head == "id" else getattr(envelope, head, None)
-    for part in rest.split(".") if rest else []:
+    for part, digits in steps:
         if isinstance(value, BaseModel):
             value = value.__dict__.get(part)
         elif isinstance(value, dict):
             value = value.get(part)
-        elif isinstance(value, list) and part.isdigit():
+        elif isinstance(value, list) and digits:
             value = value[int(part)] if int(part) < len(value) else None
         else:
             return None

@@ -197,6 +197,7 @@ def test_embedded_luhn_numbers_are_always_found(payload: int, filler: str) -> No
         '{"n": 4111111111111111}',
         '{"n": 4.111111111111111e15}',
         '{"note": "\\u0034111111111111111"}',
+        '{"note": "4111\\u00201111\\u002D1111 1111"}',
     ],
 )
 def test_raw_prefilter_never_misses_a_card(text: str) -> None:
@@ -212,3 +213,33 @@ def test_raw_prefilter_skips_ordinary_events() -> None:
     from optisync.cards import may_hold_card
 
     assert not may_hold_card('{"id": "e1", "occurred_at": "2026-11-25T10:00:00Z", "n": 5000}')
+
+
+# A reference of the prefilter as a single regex: the fast screen must answer exactly as it.
+_REFERENCE = __import__("re").compile(
+    r"[0-9](?:[ -]?[0-9]){12}|\\u00(?:3[0-9]|2[0dD])|[0-9][eE][+-]?[0-9]"
+)
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [*'0123456789  --eE+.\\u"xé4dD', "\\u0034", "\\u0020", "\\u002D", "\\u00e9"]
+        ),
+        max_size=40,
+    ).map("".join)
+)
+def test_prefilter_screen_answers_exactly_as_the_regex(text: str) -> None:
+    from optisync.cards import may_hold_card
+
+    expected = _REFERENCE.search(text) is not None
+    assert may_hold_card(text) is expected
+    assert may_hold_card(text.encode()) is expected
+
+
+def test_prefilter_skips_escapes_that_write_no_digit_or_separator() -> None:
+    from optisync.cards import may_hold_card
+
+    assert not may_hold_card('{"name": "Zo\\u00eb C\\u00f4t\\u00ea", "n": 5000}')
+    assert may_hold_card('{"name": "\\u0034"}')
+    assert may_hold_card('{"name": "\\u002d"}')

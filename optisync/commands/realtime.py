@@ -7,10 +7,11 @@ could overlap, builds the client, runs the engine, and hands back the run's summ
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -83,6 +84,21 @@ def build_client(config: Config) -> OptimoveClient:
         transactional_limiter=limiters.get("transactional"),
         events_limiter=limiters.get("events"),
     )
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Keep the collector off the heap that outlives the run (modules, validators, config).
+
+    Each full collection walks every tracked object; a bulk push creates enough objects to
+    trigger dozens, and over the few hundred thousand loaded at start they took a fifth of
+    the run's time. What the run itself creates is collected as usual.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def new_run_id() -> str:
@@ -158,7 +174,8 @@ def push_event(
             only=set(only) if only else None,
             dry_run=dry_run,
         )
-        return push.run(source.records(stack, progress))
+        with frozen_heap():
+            return push.run(source.records(stack, progress))
 
 
 def replay_letters(

@@ -25,6 +25,7 @@ import http.client
 import socket
 import ssl
 import threading
+from typing import Any
 from urllib.request import getproxies
 
 import httpx
@@ -41,13 +42,38 @@ def environment_names_a_proxy() -> bool:
     return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
 
 
+class _OneWrite:
+    """http.client writes a request's header block and its body with two send() calls:
+    two system calls, and a receiver woken twice. Set ``body`` before ``endheaders()`` and
+    the header block and the body leave in one write."""
+
+    body: bytes | None = None
+
+    def send(self, data: Any) -> None:
+        body, self.body = self.body, None
+        if body is not None:
+            data = bytes(data) + body
+        super().send(data)  # type: ignore[misc]
+
+
+class _HTTPConnection(_OneWrite, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_OneWrite, http.client.HTTPSConnection):
+    pass
+
+
+_Connection = _HTTPConnection | _HTTPSConnection
+
+
 class KeepAliveTransport(httpx.BaseTransport):
     """Direct HTTP/1.1 on http.client: one keep-alive connection per thread and origin
     (http.client connections are not thread-safe, and the client's thread pool is small)."""
 
     def __init__(self) -> None:
         self._local = threading.local()
-        self._all: list[http.client.HTTPConnection] = []
+        self._all: list[_Connection] = []
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
 
@@ -60,21 +86,19 @@ class KeepAliveTransport(httpx.BaseTransport):
                 self._tls = httpx.create_ssl_context()
             return self._tls
 
-    def _connection(self, url: httpx.URL, timeout: float | None) -> http.client.HTTPConnection:
-        pool: dict[tuple[str, str, int], http.client.HTTPConnection] = (
-            getattr(self._local, "pool", None) or {}
-        )
+    def _connection(self, url: httpx.URL, timeout: float | None) -> _Connection:
+        pool: dict[tuple[str, str, int], _Connection] = getattr(self._local, "pool", None) or {}
         self._local.pool = pool
         port = url.port or (443 if url.scheme == "https" else 80)
         key = (url.scheme, url.host, port)
-        conn = pool.get(key)
+        conn: _Connection | None = pool.get(key)
         if conn is None:
             if url.scheme == "https":
-                conn = http.client.HTTPSConnection(
+                conn = _HTTPSConnection(
                     url.host, port, timeout=timeout, context=self._tls_context()
                 )
             else:
-                conn = http.client.HTTPConnection(url.host, port, timeout=timeout)
+                conn = _HTTPConnection(url.host, port, timeout=timeout)
             pool[key] = conn
             with self._lock:
                 self._all.append(conn)
@@ -111,7 +135,20 @@ class KeepAliveTransport(httpx.BaseTransport):
                 conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             assert conn.sock is not None
             conn.sock.settimeout(read_timeout)
-            conn.request(request.method, target, body=body, headers=headers)
+            # what conn.request() does, with the body handed over to leave with the headers
+            names = {k.lower() for k in headers}
+            conn.putrequest(
+                request.method,
+                target,
+                skip_host="host" in names,
+                skip_accept_encoding="accept-encoding" in names,
+            )
+            if "content-length" not in names and "transfer-encoding" not in names:
+                conn.putheader("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                conn.putheader(name, value)
+            conn.body = body or None
+            conn.endheaders()
             response = conn.getresponse()
             content = response.read()
         except TimeoutError as exc:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from optisync.config.models import Config, Mapping, Template
+from optisync.config.models import Config, Format, Mapping, Template
 from optisync.events import Envelope, EventType, resolve
 from optisync.optimove.formats import timestamp_for_optimove
 from optisync.optimove.limits import (
@@ -113,39 +113,147 @@ def plan_message(
     is remembered even when the message turns out invalid; ``consent`` also answers for
     members whose consent earlier messages or runs stated.
     """
-    plan = Plan()
-    stated = opt_in_state(envelope, config)
-    if stated is not None and consent is not None:
-        consent.note(envelope, stated)
-    locale = MemberLocale(envelope.locale, config.locale.default_locale)
-    currency = config.locale.default_currency
+    return Planner(config, only, consent).plan(envelope, targets)
 
-    def wanted(kind: str) -> bool:
-        return only is None or kind in only
 
-    triggered = _sent_by_event(targets, config)
-    if (wanted("events") and "events" in targets) or (wanted("email") and triggered):
-        plan.parts.append(_event_part(envelope, config, locale, currency, triggered))
-    for target in targets:
-        kind, _, name = target.partition(":")
-        if not wanted(kind):
-            continue
-        if kind == "attributes":
-            plan.parts.extend(_attributes_parts(envelope, config, locale, currency, plan))
-        elif kind == "opt_in":
-            plan.parts.extend(_opt_in_parts(envelope, config, targets, stated))
-        elif kind == "email":
-            known = stated
-            if known is None and consent is not None:
-                known = consent.known(envelope.member_id, envelope.email)
-            part = _email_part(envelope, config, name, locale, currency, known, plan)
-            if part:
-                plan.parts.append(part)
-        elif kind == "promotions":
-            plan.parts.extend(_promotion_parts(envelope))
-    for index, part in enumerate(plan.parts):
-        part.slot = f"{part.target}#{index}"
-    return plan
+class Planner:
+    """``plan_message`` for a whole run: what depends on the config alone (which attributes
+    an event type feeds, the EMD map, which targets of a route are wanted) is worked out
+    once, not for every message."""
+
+    def __init__(
+        self, config: Config, only: set[str] | None = None, consent: Consent | None = None
+    ) -> None:
+        self.config = config
+        self.only = only
+        self.consent = consent
+        emd = config.attributes.emd
+        self.emd_map = emd.map
+        self.opt_in_key = emd.opt_in_key
+        self.opt_in_allowed = frozenset(v.upper() for v in emd.opt_in_values)
+        self.realtime = frozenset(a.name for a in config.attributes.realtime)
+        self.default_locale = config.locale.default_locale
+        self.currency = config.locale.default_currency
+        self._attributes: dict[EventType, list[tuple[str, str, Format]]] = {}
+        self._routes: dict[tuple[str, ...], _RoutePlan] = {}
+
+    def _route(self, targets: tuple[str, ...]) -> _RoutePlan:
+        found = self._routes.get(targets)
+        if found is None:
+            only = self.only
+            triggered = _sent_by_event(targets, self.config)
+            event = ((only is None or "events" in only) and "events" in targets) or (
+                (only is None or "email" in only) and bool(triggered)
+            )
+            wanted = []
+            for target in targets:
+                kind, _, name = target.partition(":")
+                if only is None or kind in only:
+                    wanted.append((kind, name))
+            found = self._routes[targets] = _RoutePlan(triggered, event, wanted)
+        return found
+
+    def _attribute_sources(self, kind: EventType) -> list[tuple[str, str, Format]]:
+        found = self._attributes.get(kind)
+        if found is None:
+            found = self._attributes[kind] = [
+                (attr.name, source, attr.format)
+                for attr in self.config.attributes.realtime
+                if kind in attr.events and (source := attr.source)
+            ]
+        return found
+
+    def plan(self, envelope: Envelope, targets: tuple[str, ...]) -> Plan:
+        config, consent = self.config, self.consent
+        plan = Plan()
+        stated = self.opt_in_state(envelope)
+        if stated is not None and consent is not None:
+            consent.note(envelope, stated)
+        locale = MemberLocale(envelope.locale, self.default_locale)
+        currency = self.currency
+        route = self._route(targets)
+        if route.event:
+            plan.parts.append(_event_part(envelope, config, locale, currency, route.triggered))
+        for kind, name in route.wanted:
+            if kind == "attributes":
+                plan.parts.extend(self._attributes_parts(envelope, locale, plan))
+            elif kind == "opt_in":
+                plan.parts.extend(_opt_in_parts(envelope, config, targets, stated))
+            elif kind == "email":
+                known = stated
+                if known is None and consent is not None:
+                    known = consent.known(envelope.member_id, envelope.email)
+                part = _email_part(envelope, config, name, locale, currency, known, plan)
+                if part:
+                    plan.parts.append(part)
+            elif kind == "promotions":
+                plan.parts.extend(_promotion_parts(envelope))
+        for index, part in enumerate(plan.parts):
+            part.slot = f"{part.target}#{index}"
+        return plan
+
+    def opt_in_state(self, envelope: Envelope) -> bool | None:
+        """The email consent this message states, if it states one."""
+        data = envelope.data
+        if envelope.type == EventType.OPT_IN_EMAIL:
+            return bool(field_of(data, "opted_in"))
+        key = self.opt_in_key
+        emd = field_of(data, "emd")
+        if key and isinstance(emd, dict) and emd.get(key) is not None:
+            return str(emd[key]).upper() in self.opt_in_allowed
+        if envelope.type == EventType.MEMBER_REGISTRATION:
+            consent = field_of(data, "email_opt_in")
+            return None if consent is None else bool(consent)
+        return None
+
+    def _attributes_parts(self, envelope: Envelope, locale: Any, plan: Plan) -> list[Part]:
+        values: dict[str, Any] = {}
+        currency = self.currency
+        for name, source, fmt in self._attribute_sources(envelope.type):
+            value = resolve(envelope, source)
+            if value is None:
+                continue
+            if fmt == "raw" and (type(value) is str or type(value) is int):
+                values[name] = value  # what formatting would give back, without the calls
+            else:
+                values[name] = _attribute_value(value, fmt, locale, currency)
+        emd = field_of(envelope.data, "emd")
+        if isinstance(emd, dict):
+            realtime, emd_map, opt_in_key = self.realtime, self.emd_map, self.opt_in_key
+            for key, value in emd.items():
+                mapped = emd_map.get(key)
+                if mapped is None:
+                    if key != opt_in_key:
+                        plan.emd_unmapped.append(key)
+                elif mapped in realtime and value is not None:
+                    values[mapped] = value
+        items = [{"RealFieldName": k, "Value": v} for k, v in values.items()]
+        # more attributes than Optimove takes for one customer in one call: several parts
+        return [
+            Part(
+                Kind.ATTRIBUTES,
+                Endpoint.UPDATE_CUSTOMER_ATTRIBUTES,
+                {
+                    "CustomerNewAttributesValuesList": [
+                        {
+                            "CustomerID": envelope.member_id,
+                            "Attributes": items[i : i + MAX_ATTRIBUTES_PER_CUSTOMER],
+                        }
+                    ]
+                },
+                "attributes",
+            )
+            for i in range(0, len(items), MAX_ATTRIBUTES_PER_CUSTOMER)
+        ]
+
+
+@dataclass(frozen=True)
+class _RoutePlan:
+    """A route's triggered templates, whether its event goes out, and its wanted targets."""
+
+    triggered: list[Template]
+    event: bool
+    wanted: list[tuple[str, str]]
 
 
 def _sent_by_event(targets: tuple[str, ...], config: Config) -> list[Template]:
@@ -229,45 +337,6 @@ def _event_body(envelope: Envelope, config: Config, name: str, context: dict[str
     }
 
 
-def _attributes_parts(
-    envelope: Envelope, config: Config, locale: Any, currency: str, plan: Plan
-) -> list[Part]:
-    values: dict[str, Any] = {}
-    for attr in config.attributes.realtime:
-        if envelope.type in attr.events and attr.source:
-            value = resolve(envelope, attr.source)
-            if value is not None:
-                values[attr.name] = _attribute_value(value, attr.format, locale, currency)
-    emd = field_of(envelope.data, "emd")
-    if isinstance(emd, dict):
-        realtime = {a.name for a in config.attributes.realtime}
-        for key, value in emd.items():
-            name = config.attributes.emd.map.get(key)
-            if name is None:
-                if key != config.attributes.emd.opt_in_key:
-                    plan.emd_unmapped.append(key)
-            elif name in realtime and value is not None:
-                values[name] = value
-    items = [{"RealFieldName": k, "Value": v} for k, v in values.items()]
-    # more attributes than Optimove takes for one customer in one call: several parts
-    return [
-        Part(
-            Kind.ATTRIBUTES,
-            Endpoint.UPDATE_CUSTOMER_ATTRIBUTES,
-            {
-                "CustomerNewAttributesValuesList": [
-                    {
-                        "CustomerID": envelope.member_id,
-                        "Attributes": items[i : i + MAX_ATTRIBUTES_PER_CUSTOMER],
-                    }
-                ]
-            },
-            "attributes",
-        )
-        for i in range(0, len(items), MAX_ATTRIBUTES_PER_CUSTOMER)
-    ]
-
-
 def _attribute_value(value: Any, fmt: Any, locale: Any, currency: str) -> Any:
     try:
         out = format_value(value, fmt, locale, currency)
@@ -282,18 +351,7 @@ def _attribute_value(value: Any, fmt: Any, locale: Any, currency: str) -> Any:
 
 def opt_in_state(envelope: Envelope, config: Config) -> bool | None:
     """The email consent this message states, if it states one."""
-    data = envelope.data
-    if envelope.type == EventType.OPT_IN_EMAIL:
-        return bool(field_of(data, "opted_in"))
-    key = config.attributes.emd.opt_in_key
-    emd = field_of(data, "emd")
-    if key and isinstance(emd, dict) and emd.get(key) is not None:
-        allowed = {v.upper() for v in config.attributes.emd.opt_in_values}
-        return str(emd[key]).upper() in allowed
-    if envelope.type == EventType.MEMBER_REGISTRATION:
-        consent = field_of(data, "email_opt_in")
-        return None if consent is None else bool(consent)
-    return None
+    return Planner(config).opt_in_state(envelope)
 
 
 def _opt_in_parts(

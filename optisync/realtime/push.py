@@ -18,8 +18,8 @@ from optisync.realtime.batching import Batcher, Pack
 from optisync.realtime.deadletter import DeadLetterStore
 from optisync.realtime.inputs import Record
 from optisync.realtime.journal import Journal
-from optisync.realtime.plan import Consent, InvalidMessage, describe, plan_message
-from optisync.realtime.routing import route
+from optisync.realtime.plan import Consent, InvalidMessage, Planner, describe
+from optisync.realtime.routing import Router
 from optisync.realtime.sender import Sender, sigterm_as_interrupt
 from optisync.realtime.settle import Message, PushSettler, not_sent_error
 from optisync.realtime.summary import MAX_PLANS_SHOWN, PushSummary
@@ -56,6 +56,8 @@ class Push:
             run_id, dry_run=dry_run, dead_letter_dir=str(store.dir) if store else None
         )
         self.consent = Consent(opt_in_register, dry_run=dry_run)
+        self.router = Router(config.routing.rules)
+        self.planner = Planner(config, only, self.consent)
         self.settler = PushSettler(
             self.summary, store=store, journal=journal, run_id=run_id, config_hash=config_hash
         )
@@ -96,7 +98,7 @@ class Push:
         if envelope is None:
             self._invalid(record, record.error or "invalid")
             return
-        routed = route(envelope, self.config.routing.rules)
+        routed = self.router.route(envelope)
         if routed.unrouted:
             s.valid += 1
             s.unrouted += 1
@@ -109,7 +111,7 @@ class Push:
                 s.dead_lettered += 1
             return
         try:
-            plan = plan_message(envelope, routed.targets, self.config, self.only, self.consent)
+            plan = self.planner.plan(envelope, routed.targets)
         except InvalidMessage as exc:
             self._invalid(record, str(exc))
             return

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from optisync.config.models import Condition, Rule, Target
-from optisync.events import Envelope, resolve
+from optisync.events import Envelope, EventType, resolve
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,35 @@ class Route:
         return not self.targets
 
 
+_RANK = {str(target): rank for rank, target in enumerate(Target)}
+
+
+def _rank(target: str) -> int:
+    kind = target.partition(":")[0]
+    rank = _RANK.get(kind)
+    return rank if rank is not None else list(Target).index(Target(kind))
+
+
+class Router:
+    """The rules compiled once for a run: an event type whose rules have no conditions
+    always routes the same way, so its route is worked out on first use and kept."""
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+        self.fixed: dict[EventType, Route] = {}
+        self.conditional = {t for rule in rules if rule.where for t in rule.types}
+
+    def route(self, envelope: Envelope) -> Route:
+        kind = envelope.type
+        found = self.fixed.get(kind)
+        if found is not None:
+            return found
+        routed = route(envelope, self.rules)
+        if kind not in self.conditional:
+            self.fixed[kind] = routed
+        return routed
+
+
 def route(envelope: Envelope, rules: list[Rule]) -> Route:
     """The targets of every matching rule, in a stable order, and which rules matched."""
     targets: list[str] = []
@@ -36,7 +65,7 @@ def route(envelope: Envelope, rules: list[Rule]) -> Route:
         if all(matches(envelope, cond) for cond in rule.where):
             matched.append(rule.name or f"rules[{index}]")
             targets.extend(t for t in rule.to if t not in targets)
-    targets.sort(key=lambda t: list(Target).index(Target(t.partition(":")[0])))
+    targets.sort(key=_rank)
     return Route(tuple(targets), tuple(matched))
 
 

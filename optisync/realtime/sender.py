@@ -10,8 +10,9 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from queue import SimpleQueue
 from typing import Any, Generic, TypeVar
 
 from optisync.optimove.client import OptimoveClient
@@ -30,17 +31,23 @@ class Sender(Generic[T]):
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="optisync-send")
         self.limit = workers * 2
         self.inflight: dict[Future[Delivery], T] = {}
+        self.finished: SimpleQueue[Future[Delivery]] = SimpleQueue()
 
     def submit(self, endpoint: Endpoint, body: Any, tag: T) -> None:
         future = self.pool.submit(self.client.send, endpoint, body)
         self.inflight[future] = tag
+        # Each finished send queues itself: waiting on the queue costs one lock, where
+        # waiting on every send in flight sets up a waiter on each of them, every time.
+        future.add_done_callback(self.finished.put)
 
     def settle(self, handle: Handler[T], *, all_: bool = False) -> None:
         """Hand finished sends to ``handle`` until there is room (``all_``: until none is
         left). A stop signal waits until the answers in hand are recorded: once a send
         leaves ``inflight``, only ``handle`` can journal or dead-letter it."""
         while self.inflight and (all_ or len(self.inflight) >= self.limit):
-            done, _ = wait(list(self.inflight), return_when=FIRST_COMPLETED)
+            done = [self.finished.get()]
+            while not self.finished.empty():
+                done.append(self.finished.get())
             with SIGNALS.held():
                 for future in done:
                     tag = self.inflight.pop(future)
