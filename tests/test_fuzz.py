@@ -161,6 +161,7 @@ def test_junk_file_lines_are_each_named(tmp_path: Path, monkeypatch: pytest.Monk
     assert invalid[9].startswith("type: Input should be")
     # and for real: every invalid line becomes a letter naming its line
     monkeypatch.setenv("OPTIMOVE_API_KEY", "k")
+    monkeypatch.setenv("OPTIMOVE_EVENTS_TOKEN", "t")
     monkeypatch.setenv("OPTISYNC_OPTIMOVE__API_URL", "http://127.0.0.1:9")
     invoke(
         "--config",

@@ -28,7 +28,10 @@ def export_batch(
     now: datetime | None = None,
 ) -> BatchSummary:
     """Export new and changed rows of the selected datasets (``None``: every enabled one)."""
-    config = load_config(find_config(config_path))
+    config = load_config(
+        find_config(config_path),
+        need_if_configured=("batch.snowflake.password", "batch.snowflake.private_key_passphrase"),
+    )
     return batch.export_batch(
         config,
         full=full,

@@ -74,7 +74,7 @@ def sync_unsubscribers(
     from optisync.commands.realtime import build_client
 
     started = time.monotonic()
-    config = load_config(path)
+    config = load_config(path, need=("api_key",))
     brand = brand_id if brand_id is not None else config.optimove.opt_in.brand_id
     if brand is None:
         raise ConfigError(

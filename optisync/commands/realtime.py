@@ -51,6 +51,9 @@ __all__ = [
 ClientFactory = Callable[[Config], OptimoveClient]
 
 
+SEND_SECRETS = ("api_key", "events_token")
+
+
 def build_client(config: Config) -> OptimoveClient:
     """The real Optimove client for ``config``, its secrets resolved and its rate limits
     shared with every optisync process using the same key."""
@@ -138,7 +141,9 @@ def push_event(
                 f"--only {unknown[0]}: not a target", hint=f"one of: {Target.listing()}"
             )
     path = find_config(config_path)
-    config = load_config(path)
+    # A secret the file names as ${VAR} must be set before anything is sent: an unset
+    # events token must not quietly mean "send unsigned".
+    config = load_config(path, need_if_configured=() if dry_run else SEND_SECRETS)
     with ExitStack() as stack:
         store = None
         if not dry_run:
@@ -191,7 +196,7 @@ def replay_letters(
     if filters.kind is not None and filters.kind not in kinds:
         raise UsageError(f"--kind {filters.kind}: not a kind", hint=f"one of: {', '.join(kinds)}")
     path = find_config(config_path)
-    config = load_config(path)
+    config = load_config(path, need_if_configured=() if dry_run else SEND_SECRETS)
     store = DeadLetterStore(config.path(config.dead_letter.dir))
     with RunLock(store.dir / "run.lock", wait=wait, command="replay"):
         store.cleanup_tmp()
