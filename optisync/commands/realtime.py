@@ -157,9 +157,9 @@ def push_event(
             # sqlite3 is imported only when a template needs the register
             from optisync.realtime.optin import OptInRegister, register_path
 
-            path = register_path(config.path(config.optimove.state_dir))
-            if not dry_run or path.exists():
-                register = OptInRegister(path)
+            register_file = register_path(config.path(config.optimove.state_dir))
+            if not dry_run or register_file.exists():
+                register = OptInRegister(register_file)
                 stack.callback(register.close)
         journal = None
         if source.input is not None and source.input != "-" and not dry_run:
