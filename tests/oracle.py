@@ -67,11 +67,13 @@ def consent(message: Mapping[str, Any]) -> bool | None:
     return None
 
 
-def expected_calls(message: Mapping[str, Any]) -> list[str]:
-    """The calls one input message must make, from ``EXPECTED`` and its own fields."""
+def expected_calls(
+    message: Mapping[str, Any], table: Mapping[str, tuple[str, ...]] = EXPECTED
+) -> list[str]:
+    """The calls one input message must make, from ``table`` and its own fields."""
     calls: list[str] = []
     stated = consent(message)
-    for entry in EXPECTED[message["type"]]:
+    for entry in table[message["type"]]:
         if entry in {"optin", "optin-list"}:
             if stated is None:
                 continue
@@ -85,8 +87,10 @@ def expected_calls(message: Mapping[str, Any]) -> list[str]:
     return calls
 
 
-def expected_table(messages: Iterable[Mapping[str, Any]]) -> Counter[tuple[str, str]]:
-    return Counter((m["id"], call) for m in messages for call in expected_calls(m))
+def expected_table(
+    messages: Iterable[Mapping[str, Any]], table: Mapping[str, tuple[str, ...]] = EXPECTED
+) -> Counter[tuple[str, str]]:
+    return Counter((m["id"], call) for m in messages for call in expected_calls(m, table))
 
 
 class Index:
@@ -97,7 +101,9 @@ class Index:
         self.by_email: dict[str, str] = {}
         self.by_code: dict[str, str] = {}
         for m in messages:
-            for table, value in ((self.by_member, m["member_id"]), (self.by_email, m["email"])):
+            for table, value in ((self.by_member, m["member_id"]), (self.by_email, m.get("email"))):
+                if value is None:
+                    continue
                 assert value not in table, f"{value} is in two messages; the oracle needs one"
                 table[value] = m["id"]
             for offer in (m.get("data") or {}).get("offers", []):
@@ -133,6 +139,8 @@ class Arrived:
 
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     unique_ids: Counter[str] = field(default_factory=Counter)
+    # the calls of each accepted request, in the order the sandbox accepted them
+    order: list[list[tuple[str, str]]] = field(default_factory=list)
 
     def duplicated(self, prefix: str) -> int:
         """Calls of this kind (``event:``, ``attributes``, ``mail:`` ...) that arrived more
@@ -151,6 +159,7 @@ def arrived(index: Index, records: Iterable[Mapping[str, Any]]) -> Arrived:
     out = Arrived()
     for rec in records:
         out.calls.update(index.calls(rec["path"], rec["body"]))
+        out.order.append(list(index.calls(rec["path"], rec["body"])))
         if rec["kind"] == "transactional":
             out.unique_ids[rec["body"]["UniqueMessageID"]] += 1
     return out
