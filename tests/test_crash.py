@@ -275,8 +275,6 @@ def test_export_killed_at_random_then_rerun(tmp_path: Path) -> None:
     root = tmp_path / "var" / "export"
     env = dict(os.environ)
     env.pop("OPTISYNC_OPTIMOVE__STATE_DIR", None)
-    rng = random.Random(5)
-    kills = 0
 
     def visible_files_are_whole() -> None:
         """Whole files only; and where _SUCCESS stands, the manifest lists every file.
@@ -309,20 +307,53 @@ def test_export_killed_at_random_then_rerun(tmp_path: Path) -> None:
                 else:
                     assert not (day / "_SUCCESS").exists(), f"{path}: unlisted beside _SUCCESS"
 
-    for _ in range(TRIALS):
+    def data_files() -> tuple[set[Path], set[Path]]:
+        """Hidden temporaries and visible data files under the output folder."""
+        files = [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+        hidden = {p for p in files if p.name.startswith(".tmp-")}
+        visible = {
+            p
+            for p in files
+            if not p.name.startswith(".") and p.name not in {"manifest.json", "_SUCCESS"}
+        }
+        return hidden, visible
+
+    def success_markers() -> set[Path]:
+        return set(root.glob("*/_SUCCESS")) if root.exists() else set()
+
+    phases: Counter[str] = Counter()
+    for trial in range(TRIALS):
+        # alternate: kill while a file is being written, or right after the first rename
+        wanted = "writing" if trial % 2 == 0 else "published"
+        _, before = data_files()
+        markers = success_markers()
         proc = subprocess.Popen(
             [*OPTISYNC, "--config", str(config), "export-batch"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        try:
-            proc.wait(timeout=rng.uniform(0.2, 1.6))
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
+        deadline = time.monotonic() + 120
+        landed = "finished"
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, "the export made no visible progress"
+            hidden, visible = data_files()
+            if (wanted == "writing" and hidden) or (wanted == "published" and visible - before):
+                proc.send_signal(signal.SIGSTOP)
+                hidden, visible = data_files()
+                if success_markers() != markers:
+                    landed = "after _SUCCESS"
+                elif visible - before:
+                    landed = "published"
+                else:
+                    landed = "writing" if hidden else "before writing"
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.001)
         _, err = proc.communicate(timeout=120)
         assert b"Traceback" not in err
+        phases[landed] += 1
+        assert landed in {wanted, "finished"}, f"trial {trial}: wanted {wanted}, {landed}"
         visible_files_are_whole()
     final = subprocess.run(
         [*OPTISYNC, "--config", str(config), "export-batch"],
@@ -341,7 +372,8 @@ def test_export_killed_at_random_then_rerun(tmp_path: Path) -> None:
                         exported |= {row[0] for row in list(csv.reader(fh))[1:]}
     assert exported == expected, "a member was never exported"
     report(
-        f"crash suite (export-batch): trials={TRIALS} killed={kills}"
+        f"crash suite (export-batch): trials={TRIALS} kill phases={dict(phases)}"
         f" members={len(expected)} lost=0 partial_files_visible=0"
     )
-    assert kills >= TRIALS // 4  # enough trials really were cut mid-run
+    # the kills really landed while files were written and between rename and _SUCCESS
+    assert phases["writing"] >= TRIALS // 4 and phases["published"] >= TRIALS // 4
