@@ -26,7 +26,7 @@ MUTANTS = (
         "routing drops a message's last target",
         "optisync/realtime/routing.py",
         "    return Route(tuple(targets), tuple(matched))",
-        "    return Route(tuple(targets[:-1] if len(targets) > 2 else targets), tuple(matched))",
+        "    return Route(tuple(targets[:-1] if len(targets) > 1 else targets), tuple(matched))",
         (QUICK_ORACLE, "tests/test_crash.py::test_push_killed_mid_send_then_rerun"),
     ),
     Mutant(
