@@ -53,7 +53,10 @@ MUTANTS = (
         "                message_id=envelope.message_id,",
         "        (lambda _letter: None)(\n            DeadLetter(\n"
         "                message_id=envelope.message_id,",
-        ("tests/test_deadletter.py", "tests/test_fault_suite.py::test_fault_suite"),
+        (
+            "tests/test_fault_suite.py::test_fault_suite",
+            "tests/test_crash.py::test_replay_killed_mid_send_then_rerun",
+        ),
     ),
     Mutant(
         "UniqueMessageID made random",
