@@ -322,9 +322,14 @@ def test_export_killed_at_random_then_rerun(tmp_path: Path) -> None:
         return set(root.glob("*/_SUCCESS")) if root.exists() else set()
 
     phases: Counter[str] = Counter()
-    for trial in range(TRIALS):
-        # alternate: kill while a file is being written, or right after the first rename
-        wanted = "writing" if trial % 2 == 0 else "published"
+    kills: Counter[str] = Counter()
+    trial = 0
+    # alternate: kill while a file is being written, or right after the first rename;
+    # a kill that misses its phase is reported and the trial is tried again
+    while min(kills["writing"], kills["published"]) < TRIALS // 2:
+        assert trial < TRIALS * 3, f"kills kept missing their phase: {dict(phases)}"
+        wanted = "writing" if kills["writing"] <= kills["published"] else "published"
+        trial += 1
         _, before = data_files()
         markers = success_markers()
         proc = subprocess.Popen(
@@ -352,9 +357,15 @@ def test_export_killed_at_random_then_rerun(tmp_path: Path) -> None:
             time.sleep(0.001)
         _, err = proc.communicate(timeout=120)
         assert b"Traceback" not in err
-        phases[landed] += 1
-        assert landed in {wanted, "finished"}, f"trial {trial}: wanted {wanted}, {landed}"
         visible_files_are_whole()
+        if landed == wanted:
+            kills[landed] += 1
+        else:
+            phases[f"missed ({landed})"] += 1
+        if success_markers() != markers:
+            # the run completed: forget its state so the next one has files to write again
+            shutil.rmtree(tmp_path / "var" / "batch-state", ignore_errors=True)
+    phases.update(kills)
     final = subprocess.run(
         [*OPTISYNC, "--config", str(config), "export-batch"],
         env=env,
@@ -372,8 +383,8 @@ def test_export_killed_at_random_then_rerun(tmp_path: Path) -> None:
                         exported |= {row[0] for row in list(csv.reader(fh))[1:]}
     assert exported == expected, "a member was never exported"
     report(
-        f"crash suite (export-batch): trials={TRIALS} kill phases={dict(phases)}"
+        f"crash suite (export-batch): trials={trial} kill phases={dict(phases)}"
         f" members={len(expected)} lost=0 partial_files_visible=0"
     )
-    # the kills really landed while files were written and between rename and _SUCCESS
-    assert phases["writing"] >= TRIALS // 4 and phases["published"] >= TRIALS // 4
+    # the kills counted landed while files were written or between rename and _SUCCESS
+    assert kills["writing"] >= TRIALS // 2 and kills["published"] >= TRIALS // 2
