@@ -165,11 +165,6 @@ def arrived(index: Index, records: Iterable[Mapping[str, Any]]) -> Arrived:
     return out
 
 
-def record_lines(path: Path) -> list[dict[str, Any]]:
-    """The sandbox's ``--record`` JSONL file."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
 def letters(folder: Path) -> list[dict[str, Any]]:
     """The dead letters visible in ``folder/new`` as plain JSON (not through optisync)."""
     new = folder / "new"
