@@ -19,7 +19,7 @@ AMEX = "378282246310005"
 DISCOVER = "6011111111111117"
 MAESTRO_19 = "6759649826438453003"  # 19 digits, passes Luhn
 
-BLNS = Path("/work/shared/testdata/blns.json")
+BLNS = Path(__file__).parent / "data" / "blns.json"  # shipped with the repository
 
 
 @pytest.mark.parametrize("number", [VISA, VISA_13, MASTERCARD, AMEX, DISCOVER, MAESTRO_19])
@@ -165,7 +165,6 @@ def test_mask_of_clean_value_is_equal() -> None:
     assert mask_card_numbers(envelope) == envelope
 
 
-@pytest.mark.skipif(not BLNS.exists(), reason="shared test data not present")
 def test_naughty_strings_do_not_crash() -> None:
     strings = json.loads(BLNS.read_text(encoding="utf-8"))
     for s in strings:

@@ -12,6 +12,8 @@ import random
 import signal
 import subprocess
 import sys
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,10 @@ import pytest
 
 from optisync.realtime.deadletter import DeadLetterStore
 from optisync.sandbox import Faults, Sandbox, SandboxConfig
+from tests import oracle
 from tests.support import (
     EXAMPLES,
     RECEIPT_TEMPLATE,
-    accepted_messages,
     config_yaml,
     report,
     tier_or_redemption,
@@ -90,18 +92,61 @@ def env(tmp_path: Path) -> Iterator[tuple[Sandbox, dict[str, str], Path]]:
         yield box, environ, tmp_path
 
 
-def run(args: list[str], environ: dict[str, str], kill_after: float | None = None) -> int:
+CRASH_TABLE = {
+    "MEMBER_TIER": ("event:member_tier", "attributes"),
+    "REDEMPTION": ("event:redemption", "mail:11"),
+}
+# Requests that may be in the air when a run is killed: sent, maybe accepted, but their
+# answer not yet settled into the journal, so a rerun may send their calls again.
+IN_THE_AIR = 16
+
+
+def run(args: list[str], environ: dict[str, str]) -> int:
     proc = subprocess.Popen(
         [*OPTISYNC, *args], env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    if kill_after is not None:
-        try:
-            proc.wait(timeout=kill_after)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert b"Traceback" not in err, err.decode()
     return proc.returncode
+
+
+def kill_after_requests(args: list[str], environ: dict[str, str], box: Sandbox, n: int) -> str:
+    """Start optisync, SIGKILL it once the sandbox has seen ``n`` more requests, and say
+    where the kill landed: "mid-send" (alive, n requests seen) or "finished" (it ended
+    first). The process is frozen with SIGSTOP before the count is read, so what is read is
+    where it was when it died."""
+    target = box.stats["requests"] + n
+    proc = subprocess.Popen(
+        [*OPTISYNC, *args], env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and box.stats["requests"] < target:
+        assert time.monotonic() < deadline, "no progress within 60 s"
+        time.sleep(0.001)
+    phase = "finished"
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGSTOP)
+        seen = box.stats["requests"]
+        proc.send_signal(signal.SIGKILL)
+        assert seen >= target, "killed before the n-th request"
+        phase = "mid-send"
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err, err.decode()
+    if phase == "mid-send":
+        assert proc.returncode == -signal.SIGKILL
+    return phase
+
+
+def quiet_count(box: Sandbox) -> int:
+    """How many requests the sandbox accepted, once the ones a killed run left in the air
+    have been answered (the count holds still for a while)."""
+    last, still_since = -1, time.monotonic()
+    while time.monotonic() - still_since < 0.3:
+        now = len(box.received())
+        if now != last:
+            last, still_since = now, time.monotonic()
+        time.sleep(0.02)
+    return last
 
 
 def check_folder(store: DeadLetterStore) -> None:
@@ -110,65 +155,99 @@ def check_folder(store: DeadLetterStore) -> None:
         json.loads(path.read_bytes())
 
 
+def resent_after_acknowledged(got: oracle.Arrived, kills: list[int]) -> list[tuple[str, str]]:
+    """Calls sent again although their first arrival was settled before any kill: only
+    the last IN_THE_AIR requests before a kill may come again."""
+    first: dict[tuple[str, str], int] = {}
+    bad = []
+    for position, calls in enumerate(got.order):
+        for call in calls:
+            if call not in first:
+                first[call] = position
+                continue
+            was = first[call]
+            if not any(k - IN_THE_AIR <= was < k <= position for k in kills):
+                bad.append(call)
+    return bad
+
+
 @pytest.mark.slow
-def test_push_killed_at_random_then_rerun(env: tuple[Sandbox, dict[str, str], Path]) -> None:
+def test_push_killed_mid_send_then_rerun(env: tuple[Sandbox, dict[str, str], Path]) -> None:
     box, environ, tmp = env
     rng = random.Random(20261126)
     source = tmp / "in.ndjson"
     msgs = messages(800)
     source.write_text("\n".join(json.dumps(m) for m in msgs) + "\n")
+    index = oracle.Index(msgs)
+    expected = oracle.expected_table(msgs, CRASH_TABLE)
     box.set_faults(Faults(latency_ms=2))
     store = DeadLetterStore(tmp / "dl")
-    kills = 0
+    phases: Counter[str] = Counter()
+    kills: list[int] = []
     for _ in range(TRIALS):
-        code = run(
-            ["push-event", "--input", str(source)], environ, kill_after=rng.uniform(0.2, 1.2)
+        phase = kill_after_requests(
+            ["push-event", "--input", str(source)], environ, box, rng.randint(1, 40)
         )
-        kills += code == -signal.SIGKILL
+        phases[phase] += 1
+        if phase == "mid-send":
+            kills.append(quiet_count(box))
         check_folder(store)
     # the lock is recovered and the rerun finishes
-    assert run(["push-event", "--input", str(source)], environ) in {0, 7}
-    events, mails = accepted_messages(box)
-    lettered = {letter.message_id for _, letter in store.iter_letters()}
-    assert {m["id"] for m in msgs} <= set(events) | lettered, "a message was lost"
-    assert len(mails) == len(set(mails)), "a member was mailed twice"
-    redemptions = {m["email"] for m in msgs if m["type"] == "REDEMPTION"}
-    assert set(mails) == redemptions
+    assert run(["push-event", "--input", str(source)], environ) == 0
+    assert store.count() == 0
+    got = oracle.arrived(index, box.received())
+    assert oracle.missing(expected, got) == [], "a call was lost"
+    assert oracle.unexpected(expected, got) == []
+    assert got.duplicated_mail() == 0, "a member was mailed twice"
+    resent = resent_after_acknowledged(got, kills)
+    assert resent == [], f"{len(resent)} acknowledged calls sent again, e.g. {resent[:3]}"
     report(
-        f"crash suite (push): trials={TRIALS} killed={kills} messages={len(msgs)}"
-        f" events_accepted={len(events)} duplicate_events={len(events) - len(set(events))}"
-        f" mails={len(mails)} duplicated_mails=0 lost=0"
+        f"crash suite (push): trials={TRIALS} kill phases={dict(phases)} messages={len(msgs)}"
+        f" calls={sum(expected.values())} duplicated_events={got.duplicated('event:')}"
+        f" duplicated_attributes={got.duplicated('attributes')} (all in the air at a kill)"
+        f" duplicated_mail=0 lost=0"
     )
-    assert kills >= TRIALS // 4  # enough trials really were cut mid-run
+    assert phases["mid-send"] >= TRIALS * 3 // 4  # the kills really cut runs mid-send
 
 
 @pytest.mark.slow
-def test_replay_killed_at_random_then_rerun(env: tuple[Sandbox, dict[str, str], Path]) -> None:
+def test_replay_killed_mid_send_then_rerun(env: tuple[Sandbox, dict[str, str], Path]) -> None:
     box, environ, tmp = env
     rng = random.Random(7)
     source = tmp / "in.ndjson"
     msgs = messages(300)
     source.write_text("\n".join(json.dumps(m) for m in msgs) + "\n")
+    index = oracle.Index(msgs)
+    expected = oracle.expected_table(msgs, CRASH_TABLE)
     box.set_faults(Faults(error_rate=1.0, seed=1))
     assert run(["push-event", "--input", str(source)], environ) == 6
     store = DeadLetterStore(tmp / "dl")
     before = store.count()
-    assert before >= 300
+    assert before == sum(expected.values())  # one letter per call, none sent
+    box.reset()
     box.set_faults(Faults(latency_ms=15))
-    kills = 0
+    phases: Counter[str] = Counter()
+    kills: list[int] = []
     for _ in range(TRIALS):
-        code = run(["replay"], environ, kill_after=rng.uniform(0.2, 1.0))
-        kills += code == -signal.SIGKILL
+        phase = kill_after_requests(["replay"], environ, box, rng.randint(1, 15))
+        phases[phase] += 1
+        if phase == "mid-send":
+            kills.append(quiet_count(box))
         check_folder(store)
         if store.count() == 0:
             break
     assert run(["replay"], environ) == 0
     assert store.count() == 0
-    events, mails = accepted_messages(box)
-    assert {m["id"] for m in msgs} <= set(events)
-    assert len(mails) == len(set(mails)), "a member was mailed twice"
-    report(f"crash suite (replay): kills={kills} letters={before} lost=0 duplicated_mails=0")
-    assert kills >= 5
+    got = oracle.arrived(index, box.received())
+    assert oracle.missing(expected, got) == [], "a call was lost"
+    assert got.duplicated_mail() == 0, "a member was mailed twice"
+    resent = resent_after_acknowledged(got, kills)
+    assert resent == [], f"{len(resent)} acknowledged calls sent again, e.g. {resent[:3]}"
+    report(
+        f"crash suite (replay): kill phases={dict(phases)} letters={before}"
+        f" duplicated_events={got.duplicated('event:')} lost=0 duplicated_mail=0"
+    )
+    assert phases["mid-send"] >= 5
 
 
 @pytest.mark.slow
@@ -196,8 +275,6 @@ def test_export_killed_at_random_then_rerun(tmp_path: Path) -> None:
     root = tmp_path / "var" / "export"
     env = dict(os.environ)
     env.pop("OPTISYNC_OPTIMOVE__STATE_DIR", None)
-    rng = random.Random(5)
-    kills = 0
 
     def visible_files_are_whole() -> None:
         """Whole files only; and where _SUCCESS stands, the manifest lists every file.
@@ -230,21 +307,65 @@ def test_export_killed_at_random_then_rerun(tmp_path: Path) -> None:
                 else:
                     assert not (day / "_SUCCESS").exists(), f"{path}: unlisted beside _SUCCESS"
 
-    for _ in range(TRIALS):
+    def data_files() -> tuple[set[Path], set[Path]]:
+        """Hidden temporaries and visible data files under the output folder."""
+        files = [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+        hidden = {p for p in files if p.name.startswith(".tmp-")}
+        visible = {
+            p
+            for p in files
+            if not p.name.startswith(".") and p.name not in {"manifest.json", "_SUCCESS"}
+        }
+        return hidden, visible
+
+    def success_markers() -> set[Path]:
+        return set(root.glob("*/_SUCCESS")) if root.exists() else set()
+
+    phases: Counter[str] = Counter()
+    kills: Counter[str] = Counter()
+    trial = 0
+    # alternate: kill while a file is being written, or right after the first rename;
+    # a kill that misses its phase is reported and the trial is tried again
+    while min(kills["writing"], kills["published"]) < TRIALS // 2:
+        assert trial < TRIALS * 3, f"kills kept missing their phase: {dict(phases)}"
+        wanted = "writing" if kills["writing"] <= kills["published"] else "published"
+        trial += 1
+        _, before = data_files()
+        markers = success_markers()
         proc = subprocess.Popen(
             [*OPTISYNC, "--config", str(config), "export-batch"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        try:
-            proc.wait(timeout=rng.uniform(0.2, 1.6))
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
+        deadline = time.monotonic() + 120
+        landed = "finished"
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, "the export made no visible progress"
+            hidden, visible = data_files()
+            if (wanted == "writing" and hidden) or (wanted == "published" and visible - before):
+                proc.send_signal(signal.SIGSTOP)
+                hidden, visible = data_files()
+                if success_markers() != markers:
+                    landed = "after _SUCCESS"
+                elif visible - before:
+                    landed = "published"
+                else:
+                    landed = "writing" if hidden else "before writing"
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.001)
         _, err = proc.communicate(timeout=120)
         assert b"Traceback" not in err
         visible_files_are_whole()
+        if landed == wanted:
+            kills[landed] += 1
+        else:
+            phases[f"missed ({landed})"] += 1
+        if success_markers() != markers:
+            # the run completed: forget its state so the next one has files to write again
+            shutil.rmtree(tmp_path / "var" / "batch-state", ignore_errors=True)
+    phases.update(kills)
     final = subprocess.run(
         [*OPTISYNC, "--config", str(config), "export-batch"],
         env=env,
@@ -262,7 +383,8 @@ def test_export_killed_at_random_then_rerun(tmp_path: Path) -> None:
                         exported |= {row[0] for row in list(csv.reader(fh))[1:]}
     assert exported == expected, "a member was never exported"
     report(
-        f"crash suite (export-batch): trials={TRIALS} killed={kills}"
+        f"crash suite (export-batch): trials={trial} kill phases={dict(phases)}"
         f" members={len(expected)} lost=0 partial_files_visible=0"
     )
-    assert kills >= TRIALS // 4  # enough trials really were cut mid-run
+    # the kills counted landed while files were written or between rename and _SUCCESS
+    assert kills["writing"] >= TRIALS // 2 and kills["published"] >= TRIALS // 2

@@ -163,7 +163,7 @@ def test_concurrent_threads_never_exceed_the_budget(tmp_path: Path) -> None:
         for _ in range(4):
             permit = quota.acquire()
             with lock:
-                stamps.append(time.time())
+                stamps.append(time.monotonic())
             permit.release()
 
     threads = [threading.Thread(target=worker) for _ in range(4)]

@@ -53,7 +53,8 @@ def setup(sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
                 "concurrency": 4,
                 "rate_limit": {"requests": 1000, "per_seconds": 1},
                 "transactional_rate_limit": {"requests": 1000, "per_seconds": 1},
-                "timeouts": {"connect": 2, "read": 0.3},
+                # generous: only the injected late answers (3 s) outlast it
+                "timeouts": {"connect": 2, "read": 1.5},
                 "retry": {
                     "max_attempts": 8,
                     "base_delay": 0.001,
@@ -99,8 +100,8 @@ def test_faults_lose_nothing_and_replay_drains(sandbox: Sandbox, setup: Path, se
             burst_length=3,
             drop_rate=0.05,
             lost_response_rate=0.05,
-            slow_rate=0.02,
-            slow_ms=500,
+            slow_rate=0.01,
+            slow_ms=3000,
             seed=seed,
         )
     )

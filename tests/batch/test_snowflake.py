@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+
+# declared dev dependencies: a broken install must fail here, not skip these tests
+import fakesnow
 import pytest
+import snowflake.connector as snowflake_connector
 import yaml
 
 from optisync.commands.batch import export_batch
 from tests.support import EXAMPLES, invoke
-
-fakesnow = pytest.importorskip("fakesnow")
-snowflake_connector = pytest.importorskip("snowflake.connector")
 
 NOW = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
 DATASETS = ["members", "partner_links", "offers", "emd", "orders"]

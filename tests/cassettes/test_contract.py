@@ -2,11 +2,17 @@
 
 CI plays the cassettes (record_mode "none": a request not in the cassette fails the test).
 To re-record against a live sandbox: ``OPTISYNC_RECORD=1 .venv/bin/pytest tests/cassettes``.
-Secrets are scrubbed before anything is written: the API key and the event signature.
+Secrets never reach the cassettes: the API key and the event signature are replaced by
+verdicts on them (the test key or another one; a signature that verifies against the test
+token or not), and playing matches those verdicts, so a request without its key or with a
+bad signature finds no answer.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import hmac
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,15 +33,41 @@ URL = f"http://127.0.0.1:{PORT}"
 # The secrets used when recording; only their scrubbed stand-ins reach the cassettes.
 KEY = os.environ.get("OPTISYNC_RECORD_KEY", "contract-key")
 TOKEN = os.environ.get("OPTISYNC_RECORD_TOKEN", "contract-token")
-SCRUBBED = [("x-api-key", "SCRUBBED"), ("x-optimove-signature-content", "SCRUBBED")]
+TEST_KEY, OTHER_KEY = "the-test-key", "another-key"
+SIGNED, BAD_SIGNATURE = "signed-with-the-test-token", "not-signed-with-the-test-token"
+
+
+def auth_verdicts(request: Any) -> Any:
+    """The request with its secrets replaced by what they prove (recording and playing)."""
+    request = copy.deepcopy(request)
+    key = request.headers.get("X-API-KEY")
+    if key is not None and key not in {TEST_KEY, OTHER_KEY}:  # applied once per request
+        request.headers["X-API-KEY"] = TEST_KEY if key == KEY else OTHER_KEY
+    signature = request.headers.get("X-Optimove-Signature-Content")
+    if signature is not None and signature not in {SIGNED, BAD_SIGNATURE}:
+        body = request.body or b""
+        body = body.encode() if isinstance(body, str) else body
+        good = hmac.new(TOKEN.encode(), body, hashlib.sha256).hexdigest()
+        request.headers["X-Optimove-Signature-Content"] = (
+            SIGNED if hmac.compare_digest(signature.lower(), good) else BAD_SIGNATURE
+        )
+    return request
+
+
+def auth(r1: Any, r2: Any) -> None:
+    """Same key verdict (or both without a key) and same signature verdict."""
+    for name in ("X-API-KEY", "X-Optimove-Signature-Content", "X-Optimove-Signature-Version"):
+        assert r1.headers.get(name) == r2.headers.get(name), name
+
 
 recorder = vcr.VCR(
     cassette_library_dir=str(HERE),
     record_mode="all" if RECORD else "none",
-    match_on=["method", "scheme", "host", "port", "path", "query", "body"],
-    filter_headers=SCRUBBED,
+    match_on=["method", "scheme", "host", "port", "path", "query", "body", "auth"],
+    before_record_request=auth_verdicts,
     decode_compressed_response=True,
 )
+recorder.register_matcher("auth", auth)
 
 
 @pytest.fixture(scope="module")
@@ -169,4 +201,4 @@ def test_cassettes_hold_no_secret() -> None:
     assert text, "no cassettes recorded"
     for secret in (KEY, TOKEN, "not-the-key"):
         assert secret not in text
-    assert "SCRUBBED" in text
+    assert f"- {TEST_KEY}" in text and f"- {SIGNED}" in text and f"- {OTHER_KEY}" in text

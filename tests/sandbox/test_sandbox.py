@@ -570,11 +570,20 @@ def test_events_limit_when_configured(make_sandbox: Factory) -> None:
     assert codes == [200, 200, 429]
 
 
-def test_window_slides(make_sandbox: Factory) -> None:
+def test_window_slides(make_sandbox: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the sandbox's window reads a fake clock: however slow the machine, the first three
+    # requests fall in one window and the fourth in the next
+    from types import SimpleNamespace
+
+    from optisync.sandbox import state
+    from tests.support import FakeClock
+
+    clock = FakeClock(1000.0)
+    monkeypatch.setattr(state, "time", SimpleNamespace(monotonic=clock, sleep=time.sleep))
     sandbox = make_sandbox(rate_limit=(2, 0.3))
     with client_for(sandbox, **{"X-API-KEY": KEY}) as c:
         first = [c.get("/Integrations/GetPromotions").status_code for _ in range(3)]
-        time.sleep(0.35)
+        clock.advance(0.35)
         later = c.get("/Integrations/GetPromotions").status_code
     assert first == [200, 200, 429]
     assert later == 200
