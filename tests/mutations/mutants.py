@@ -68,13 +68,13 @@ MUTANTS = (
     ),
     Mutant(
         "batch state advanced before _SUCCESS",
-        "optisync/batch/export.py",
-        "        finish_files(writer, staged.files, con, staged.totals, summary, started)\n"
+        "optisync/batch/local.py",
+        "        publish_files(writer, staged.files, con, staged.totals, summary, started)\n"
         "        for tmp, ds in staged.state:  # only now: manifest and _SUCCESS are on disk\n"
         "            state.commit(tmp, ds)",
         "        for tmp, ds in staged.state:\n"
         "            state.commit(tmp, ds)\n"
-        "        finish_files(writer, staged.files, con, staged.totals, summary, started)",
+        "        publish_files(writer, staged.files, con, staged.totals, summary, started)",
         (
             "tests/batch/test_export_batch.py -k crash",
             "tests/test_crash.py::test_export_killed_at_random_then_rerun",
