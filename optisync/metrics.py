@@ -5,6 +5,10 @@ The file is replaced atomically (the collector may read it at any moment) and is
 the summary's ``as_dict()`` only, so it follows whatever counts a command reports. The last
 success time survives failed runs: it is read back from the file being replaced, which is
 what an alert on "no successful export in 26 hours" needs.
+
+An export that held rows back for card numbers exits 4 yet has published the night's files:
+it counts as a success for the last success time (the alert is about files not arriving),
+while its exit code stays 4 for an alert of its own.
 """
 
 from __future__ import annotations
@@ -14,11 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optisync.errors import ExitCode
+
 #: Exit codes after which the run counts as a success: everything delivered, or finished
 #: with leftovers that are safe in the dead-letter folder for replay.
 SUCCESS_CODES = frozenset({0, 7})
 
 LAST_SUCCESS = "optisync_last_success_timestamp_seconds"
+
+# Summary keys that are durations: the run's duration has a metric of its own, and a
+# number of seconds is not a count of anything.
+_DURATION_KEYS = frozenset({"seconds", "duration_seconds"})
 
 
 @dataclass(frozen=True)
@@ -32,7 +42,23 @@ class RunFigures:
 
     @property
     def success(self) -> bool:
-        return self.exit_code in SUCCESS_CODES
+        return self.exit_code in SUCCESS_CODES or self.published_with_held_rows
+
+    @property
+    def published_with_held_rows(self) -> bool:
+        """export-batch's exit 4 after a real run: rows were held back, files published.
+
+        Its summary is what tells this apart from an exit 4 that stopped the export before
+        anything was written (a value that does not fit its column): that run leaves no
+        summary behind.
+        """
+        summary = self.summary or {}
+        return (
+            self.command == "export-batch"
+            and self.exit_code == ExitCode.INVALID_INPUT
+            and summary.get("exit_code") == ExitCode.INVALID_INPUT
+            and summary.get("dry_run") is False
+        )
 
 
 def previous_success(path: Path, command: str) -> float | None:
@@ -79,7 +105,8 @@ def render(figures: RunFigures, last_success: float | None) -> bytes:
             )
             yield gauge(
                 "optisync_last_run_success",
-                "1 when the last run succeeded (exit 0, or 7 with leftovers dead-lettered).",
+                "1 when the last run succeeded (exit 0, 7 with leftovers dead-lettered, or"
+                " export-batch's 4 with files published and rows held back).",
                 1.0 if figures.success else 0.0,
             )
             if last_success is not None:
@@ -91,7 +118,7 @@ def render(figures: RunFigures, last_success: float | None) -> bytes:
                 labels=["command", "item"],
             )
             for key, value in sorted(summary.items()):
-                if _is_count(value) and key != "exit_code":
+                if _is_count(value) and key != "exit_code" and key not in _DURATION_KEYS:
                     items.add_metric([figures.command, key], float(value))
             yield items
             datasets = GaugeMetricFamily(

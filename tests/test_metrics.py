@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -36,10 +37,9 @@ def test_an_export_writes_its_counts_per_dataset(
     monkeypatch.chdir(tmp_path)
     metrics = tmp_path / "optisync-export.prom"
     config = str(example_dir / "optisync.yaml")
-    invoke("--config", config, "--metrics-file", str(metrics), "export-batch", expect=None)
+    invoke("--config", config, "--metrics-file", str(metrics), "export-batch")
     found = samples(metrics)
-    code = value(found, "optisync_last_run_exit_code", command="export-batch")
-    assert code in (ExitCode.OK, ExitCode.UNAVAILABLE)  # 6 only past the example's deadline
+    assert value(found, "optisync_last_run_exit_code", command="export-batch") == ExitCode.OK
     assert (
         value(
             found,
@@ -51,7 +51,78 @@ def test_an_export_writes_its_counts_per_dataset(
         > 0
     )
     assert value(found, "optisync_last_run_duration_seconds", command="export-batch") > 0
+    # the duration is a metric of its own, not one of the run's counts
+    items = {dict(labels)["item"] for name, labels in found if name == "optisync_last_run_items"}
+    assert "rows" in items
+    assert "seconds" not in items
     assert oct(metrics.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_an_export_that_held_rows_but_published_is_a_success_with_exit_4(
+    example_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    members = example_dir / "data" / "members.csv"
+    text = members.read_text(encoding="utf-8")
+    assert "Bob,Roy," in text
+    members.write_text(text.replace("Bob,Roy,", "Bob,Roy 4111 1111 1111 1111,"), "utf-8")
+    metrics = tmp_path / "optisync-export.prom"
+    write_metrics(metrics, RunFigures("export-batch", 0, 100.0, 160.0, 60.0, {}))
+    config = str(example_dir / "optisync.yaml")
+    result = invoke(
+        "--config",
+        config,
+        "--metrics-file",
+        str(metrics),
+        "--json",
+        "export-batch",
+        expect=ExitCode.INVALID_INPUT,
+    )
+    assert json.loads(result.stdout)["manifest"]  # the night's files were published
+    found = samples(metrics)
+    assert value(found, "optisync_last_run_exit_code", command="export-batch") == 4
+    assert value(found, "optisync_last_run_success", command="export-batch") == 1
+    ended = value(found, "optisync_last_run_timestamp_seconds", command="export-batch")
+    assert ended > 160.0
+    assert value(found, "optisync_last_success_timestamp_seconds", command="export-batch") == ended
+    assert value(found, "optisync_last_run_items", command="export-batch", item="held") == 1
+
+
+@pytest.mark.parametrize(
+    "figures",
+    [
+        # stopped before anything was written: no summary was kept
+        RunFigures("export-batch", 4, 200.0, 210.0, 10.0, None),
+        # a dry run held rows but published nothing
+        RunFigures("export-batch", 4, 200.0, 210.0, 10.0, {"exit_code": 4, "dry_run": True}),
+        # exit 4 of another command is bad input, nothing more
+        RunFigures("push-event", 4, 200.0, 210.0, 10.0, {"exit_code": 4, "dry_run": False}),
+    ],
+)
+def test_an_exit_4_that_published_nothing_keeps_the_previous_success(
+    tmp_path: Path, figures: RunFigures
+) -> None:
+    metrics = tmp_path / "m.prom"
+    write_metrics(metrics, RunFigures(figures.command, 0, 100.0, 160.0, 60.0, {}))
+    write_metrics(metrics, figures)
+    found = samples(metrics)
+    command = figures.command
+    assert value(found, "optisync_last_run_exit_code", command=command) == 4
+    assert value(found, "optisync_last_run_success", command=command) == 0
+    assert value(found, "optisync_last_success_timestamp_seconds", command=command) == 160.0
+
+
+def test_durations_are_not_exported_as_items() -> None:
+    summary = {"seconds": 1.5, "duration_seconds": 2.5, "rows": 3}
+    found = {
+        s.labels["item"]: s.value
+        for family in text_string_to_metric_families(
+            render(RunFigures("export-batch", 0, 1.0, 2.0, 1.0, summary), 2.0).decode()
+        )
+        for s in family.samples
+        if s.name == "optisync_last_run_items"
+    }
+    assert found == {"rows": 3.0}
 
 
 def test_the_file_is_readable_by_the_collector_under_a_strict_umask(tmp_path: Path) -> None:
