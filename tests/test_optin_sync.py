@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from optisync.errors import ExitCode
-from optisync.sandbox import Sandbox, SandboxConfig
+from optisync.sandbox import Faults, Sandbox, SandboxConfig
 from tests.support import config_yaml, invoke
 
 KEY = "sandbox-key-optin"
@@ -171,12 +173,71 @@ def test_no_brand_is_a_config_error(
     assert "--brand-id" in result.stderr
 
 
+def register_rows(tmp_path: Path) -> list[tuple[str, ...]]:
+    """Every row of the one opt-in register under ``tmp_path``."""
+    (path,) = tmp_path.rglob("opt-in.sqlite3")
+    db = sqlite3.connect(path)
+    try:
+        return sorted(
+            (table, *map(str, row))
+            for table in ("opt_in", "unsubscribed")
+            for row in db.execute(f"SELECT * FROM {table}")
+        )
+    finally:
+        db.close()
+
+
+def resubscribe(box: Sandbox, email: str) -> None:
+    response = httpx.post(
+        f"{box.url}/Optimail/DeleteUnsubscribers",
+        headers={"X-API-KEY": KEY},
+        json={"BrandId": BRAND, "EmailAddress": email},
+    )
+    assert response.status_code == 200
+
+
 def test_unreachable_optimove_exits_6_and_leaves_the_register(
-    config: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    box: Sandbox, config: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    unsubscribe(box, "m1@example.com", "m2@example.com")
+    assert json.loads(invoke("--json", "optin", "sync").stdout)["listed"] == 2
+    before = register_rows(tmp_path)
+    assert [row[1] for row in before] == ["m1@example.com", "m2@example.com"]
+    # m1 subscribed again: a sync that read the list would drop it, a failed one must not
+    resubscribe(box, "m1@example.com")
+
     monkeypatch.setenv("OPTISYNC_OPTIMOVE__API_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__MAX_ATTEMPTS", "2")
     monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__BASE_DELAY", "0.001")
     result = invoke("optin", "sync", expect=ExitCode.UNAVAILABLE)
     assert "GetUnsubscribers" in result.stderr
-    assert not (tmp_path / "state" / "opt-in.sqlite3").exists()
+    assert register_rows(tmp_path) == before
+
+
+def test_a_list_cut_off_after_its_first_page_leaves_the_register(
+    box: Sandbox, config: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from optisync.commands import account
+
+    unsubscribe(box, *(f"u{i}@example.com" for i in range(10_050)), "m1@example.com")
+    assert json.loads(invoke("--json", "optin", "sync").stdout)["listed"] == 10_051
+    before = register_rows(tmp_path)
+    resubscribe(box, "m1@example.com")
+
+    # Optimove answers the first page, then only 503s: half a list must not count as the
+    # whole, or every address on the unread pages would be dropped as resubscribed
+    monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("OPTISYNC_OPTIMOVE__RETRY__BASE_DELAY", "0.001")
+    real = account.read
+    pages: list[Any] = []
+
+    def first_page_only(*args: Any, **kwargs: Any) -> Any:
+        if pages:
+            box.set_faults(Faults(error_rate=1.0))
+        pages.append(args[3]["$skip"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(account, "read", first_page_only)
+    invoke("optin", "sync", expect=ExitCode.UNAVAILABLE)
+    assert pages == [0, 10_000]
+    assert register_rows(tmp_path) == before
