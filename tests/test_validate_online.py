@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,33 +34,99 @@ def config(example_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return example_dir / "optisync.yaml"
 
 
-def serve(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
-    with Sandbox(SandboxConfig(api_key=KEY, catalog=catalog)) as box:
-        monkeypatch.setenv("OPTIMOVE_API_URL", box.url)
-        yield box
+Serve = Callable[[Catalog], Sandbox]
 
 
-def test_a_clean_account_passes_and_is_read_with_two_calls(
-    config: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for box in serve(catalog_from_config(config), monkeypatch):
-        result = invoke("--json", "validate-config", str(config), "--online")
-        assert box.stats["requests"] == 2
+@pytest.fixture
+def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[Serve]:
+    """Start a sandbox holding ``catalog`` and point the config at it; it is stopped after
+    the test whatever the test's outcome."""
+    with contextlib.ExitStack() as stack:
+
+        def start(catalog: Catalog) -> Sandbox:
+            box = stack.enter_context(Sandbox(SandboxConfig(api_key=KEY, catalog=catalog)))
+            monkeypatch.setenv("OPTIMOVE_API_URL", box.url)
+            return box
+
+        yield start
+
+
+def example_account(config: Path) -> Catalog:
+    """What a real account for the example holds, written out rather than derived from the
+    config: every attribute it uses and more, every template it sends itself and one it
+    does not. Tags are left to the content, as an account's TemplateAttributes may be."""
+    attributes = (
+        *("FirstName", "LastName", "PreferredLanguage", "TierName", "TierExpiry"),
+        *("PartnerLinkStatus", "PartnerLinkId", "HouseholdId", "HouseholdPoints"),
+        *("FavouriteStore", "PointsBalance", "EnrolledOn", "LifetimeSpend", "OfferName"),
+        *("OfferEnd", "Age", "HomeStoreRegion", "LastVisitDate"),  # unused by the config
+    )
+    files = {
+        1001: "redemption",
+        1002: "purchase",
+        1003: "partner_card_linked",
+        1004: "partner_card_unlinked",
+        1005: "points_transfer",
+        1006: "household_balance",
+        1007: "tier_change",
+        1008: "gameplay",
+    }
+    folder = config.parent / "templates"
+    templates = tuple(
+        TemplateDetail(tid, name, (folder / f"{name}.html").read_text(encoding="utf-8"), ())
+        for tid, name in files.items()
+    )
+    other = TemplateDetail(4242, "password_reset", "<p>[%TRANS:RESET_LINK%]</p>", ("RESET_LINK",))
+    return Catalog(attributes, (*templates, other))
+
+
+def test_a_clean_account_passes_and_is_read_with_two_calls(config: Path, serve: Serve) -> None:
+    box = serve(example_account(config))
+    result = invoke("--json", "validate-config", str(config), "--online")
+    assert box.stats["requests"] == 2
     data = json.loads(result.stdout)
     assert data["valid"] is True
     assert data["errors"] == 0
     assert data["online"]["checked"] is True
-    assert data["online"]["templates"] == 8
+    assert (data["online"]["attributes"], data["online"]["templates"]) == (18, 9)
+    # the welcome template is sent by Optimove's own campaign (delivery: event): the account's
+    # transactional templates need not list it
     assert not [p for p in data["problems"] if "Optimove" in p["message"]]
+    assert not [p for p in data["problems"] if p["key"].startswith("templates.welcome")]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("TierExpiry", "TierExpiryDate", "attributes.realtime[4].name"),  # realtime
+        ("LifetimeSpend", "LifetimeSpendCAD", "attributes.batch[4].name"),  # batch only
+    ],
+)
+def test_one_renamed_attribute_in_that_account_fails(
+    config: Path, serve: Serve, old: str, new: str, key: str
+) -> None:
+    clean = example_account(config)
+    serve(
+        dataclasses.replace(
+            clean, attributes=tuple(new if a == old else a for a in clean.attributes)
+        )
+    )
+    result = invoke("--json", "validate-config", str(config), "--online", expect=ExitCode.CONFIG)
+    data = json.loads(result.stdout)
+    errors = [p for p in data["problems"] if p["severity"] == "error"]
+    assert [(p["key"], p["message"]) for p in errors] == [
+        (key, f"the Optimove account has no attribute '{old}'")
+    ]
+    assert errors[0]["hint"] == f"did you mean '{new}'?"
 
 
 def test_an_attribute_the_account_lacks_is_an_error_with_the_nearest_name(
-    config: Path, monkeypatch: pytest.MonkeyPatch
+    config: Path, serve: Serve
 ) -> None:
     full = catalog_from_config(config)
     renamed = tuple("TierExpiryDate" if a == "TierExpiry" else a for a in full.attributes)
-    for _ in serve(dataclasses.replace(full, attributes=renamed), monkeypatch):
-        result = invoke("validate-config", str(config), "--online", expect=ExitCode.CONFIG)
+    serve(dataclasses.replace(full, attributes=renamed))
+    result = invoke("validate-config", str(config), "--online", expect=ExitCode.CONFIG)
     line = line_of(config, "- name: TierExpiry")
     assert (
         f"{config}:{line}: attributes.realtime[4].name: the Optimove account has no attribute"
@@ -68,13 +135,11 @@ def test_an_attribute_the_account_lacks_is_an_error_with_the_nearest_name(
     assert "1 error(s)" in result.stderr
 
 
-def test_a_template_id_the_account_does_not_list_is_an_error(
-    config: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_template_id_the_account_does_not_list_is_an_error(config: Path, serve: Serve) -> None:
     full = catalog_from_config(config)
     fewer = tuple(t for t in full.templates if t.template_id != 1002)
-    for _ in serve(dataclasses.replace(full, templates=fewer), monkeypatch):
-        result = invoke("validate-config", str(config), "--online", expect=ExitCode.CONFIG)
+    serve(dataclasses.replace(full, templates=fewer))
+    result = invoke("validate-config", str(config), "--online", expect=ExitCode.CONFIG)
     line = line_of(config, "template_id: 1002")
     assert (
         f"{config}:{line}: templates.purchase_confirmation.template_id: template_id 1002 is not"
@@ -83,8 +148,24 @@ def test_a_template_id_the_account_does_not_list_is_an_error(
     assert "1 error(s)" in result.stderr
 
 
+def test_a_triggered_template_sent_through_the_api_must_be_in_the_account(
+    config: Path, serve: Serve
+) -> None:
+    text = config.read_text(encoding="utf-8")
+    assert text.count("delivery: event") == 1
+    config.write_text(text.replace("delivery: event", "delivery: api"), encoding="utf-8")
+    serve(example_account(config))  # lists 1001-1008 and 4242, not the welcome's 2001
+    result = invoke("validate-config", str(config), "--online", expect=ExitCode.CONFIG)
+    line = line_of(config, "template_id: 2001")
+    assert (
+        f"{config}:{line}: templates.welcome.template_id: template_id 2001 is not among the"
+        " account's transactional templates"
+    ) in result.stderr
+    assert "1 error(s)" in result.stderr
+
+
 def test_a_tag_the_config_does_not_map_is_an_error_and_the_stale_file_a_warning(
-    config: Path, monkeypatch: pytest.MonkeyPatch
+    config: Path, serve: Serve
 ) -> None:
     full = catalog_from_config(config)
 
@@ -95,10 +176,8 @@ def test_a_tag_the_config_does_not_map_is_an_error_and_the_stale_file_a_warning(
         return dataclasses.replace(t, content=content)
 
     catalog = dataclasses.replace(full, templates=tuple(changed(t) for t in full.templates))
-    for _ in serve(catalog, monkeypatch):
-        result = invoke(
-            "--json", "validate-config", str(config), "--online", expect=ExitCode.CONFIG
-        )
+    serve(catalog)
+    result = invoke("--json", "validate-config", str(config), "--online", expect=ExitCode.CONFIG)
     problems = json.loads(result.stdout)["problems"]
     errors = [p for p in problems if p["severity"] == "error"]
     assert len(errors) == 1
@@ -112,7 +191,7 @@ def test_a_tag_the_config_does_not_map_is_an_error_and_the_stale_file_a_warning(
 
 
 def test_a_mapping_the_account_template_no_longer_uses_is_a_warning(
-    config: Path, monkeypatch: pytest.MonkeyPatch
+    config: Path, serve: Serve
 ) -> None:
     full = catalog_from_config(config)
     redemption = next(t for t in full.templates if t.template_id == 1001)
@@ -125,8 +204,8 @@ def test_a_mapping_the_account_template_no_longer_uses_is_a_warning(
             for t in full.templates
         ),
     )
-    for _ in serve(catalog, monkeypatch):
-        result = invoke("--json", "validate-config", str(config), "--online")
+    serve(catalog)
+    result = invoke("--json", "validate-config", str(config), "--online")
     problems = json.loads(result.stdout)["problems"]
     key = f"templates.redemption_confirmation.attribute_mappings.{dropped}"
     unused = [p for p in problems if p["key"] == key]
@@ -161,9 +240,10 @@ def test_a_refused_key_exits_5_and_json_says_the_account_was_not_checked(
     data = json.loads(result.stdout)
     assert data["online"] == {
         "checked": False,
-        "error": data["online"]["error"],
+        "error": "Optimove refused the API key (HTTP 403) on"
+        " /current/model/GetCustomerAttributeList: The API key is invalid",
     }
-    assert "refused the API key" in data["online"]["error"]
+    assert data["valid"] is True  # the offline report stands: the config itself is fine
 
 
 def test_a_config_error_outranks_an_unreachable_account(
