@@ -45,10 +45,13 @@ class Sender(Generic[T]):
         left). A stop signal waits until the answers in hand are recorded: once a send
         leaves ``inflight``, only ``handle`` can journal or dead-letter it."""
         while self.inflight and (all_ or len(self.inflight) >= self.limit):
-            done = [self.finished.get()]
-            while not self.finished.empty():
-                done.append(self.finished.get())
+            # Held from the moment a send leaves the queue: a signal landing between taking
+            # it and recording it would leave it in flight with its completion consumed,
+            # and the final drain would wait for it forever.
             with SIGNALS.held():
+                done = [self.finished.get()]
+                while not self.finished.empty():
+                    done.append(self.finished.get())
                 for future in done:
                     tag = self.inflight.pop(future)
                     exc = future.exception()
