@@ -71,7 +71,12 @@ def unmapped_emd(con: Runner, plan: Plan) -> dict[str, int]:
         f"SELECT CAST({name_col} AS VARCHAR), COUNT(*) FROM {plan.emd_relation}"
         f" WHERE {name_col} IS NOT NULL AND {name_col} NOT IN ({mapped}) GROUP BY 1"
     ).fetchall()
-    return {str(key): int(n) for key, n in rows}
+    # a key name is member-controlled text too: a card number there is masked like a value
+    counts: dict[str, int] = {}
+    for key, n in rows:
+        name = mask_text(str(key))
+        counts[name] = counts.get(name, 0) + int(n)
+    return counts
 
 
 def join_on(plan: Plan, left: str, right: str, right_prefix: str = "_k", op: str = "=") -> str:

@@ -33,8 +33,12 @@ __all__ = [
 ]
 
 DATASETS: tuple[str, ...] = get_args(DatasetName)
-# A 13-digit window, separators allowed: every card-like run holds one (cards.py).
-CARD_PATTERN = "[0-9](?:[ -]?[0-9]){12}"
+# A 13-digit window, separators allowed: every card-like run of ASCII text holds one
+# (cards.py); a row of spaces counts as one separator there.
+CARD_PATTERN = "[0-9](?:(?: +|-)?[0-9]){12}"
+# Anything outside printable ASCII may be a digit or a space once cards.py normalises it
+# (full-width digits, no-break spaces): such text always goes to the exact check.
+NOT_PRINTABLE_ASCII = "[^ -~]"
 LAST_UPDATED = "LastUpdated"
 CURRENCY = "Currency"
 
@@ -57,7 +61,10 @@ class Dialect:
 
     def card_candidate(self, text: str) -> str:
         """True where ``text`` (a VARCHAR) may hold a card number; the exact check is Python's."""
-        return f"(length({text}) >= 13 AND regexp_matches({text}, '{CARD_PATTERN}'))"
+        return (
+            f"(length({text}) >= 13 AND (regexp_matches({text}, '{CARD_PATTERN}')"
+            f" OR regexp_matches({text}, '{NOT_PRINTABLE_ASCII}')))"
+        )
 
     def float_decimal(self, expr: str) -> str:
         """A floating-point value as DECIMAL(38,4), rounded from its shortest decimal form."""
@@ -83,7 +90,10 @@ class SnowflakeDialect(Dialect):
     def card_candidate(self, text: str) -> str:
         # POSIX ERE (no (?:...)); REGEXP_LIKE matches the whole text, hence .* and 's'
         pattern = CARD_PATTERN.replace("(?:", "(")
-        return f"(LENGTH({text}) >= 13 AND REGEXP_LIKE({text}, '.*{pattern}.*', 's'))"
+        return (
+            f"(LENGTH({text}) >= 13 AND (REGEXP_LIKE({text}, '.*{pattern}.*', 's')"
+            f" OR REGEXP_LIKE({text}, '.*{NOT_PRINTABLE_ASCII}.*', 's')))"
+        )
 
     def float_decimal(self, expr: str) -> str:
         # Snowflake rounds a FLOAT to NUMBER by value (not checked against a real account)

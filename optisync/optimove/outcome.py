@@ -17,7 +17,7 @@ from typing import Final, Literal
 import httpx
 
 OutcomeKind = Literal[
-    "delivered", "duplicate", "partial", "rate_limited", "transient", "fatal", "auth"
+    "delivered", "duplicate", "partial", "rate_limited", "transient", "fatal", "auth", "invalid"
 ]
 
 #: Outcomes that are worth another attempt.

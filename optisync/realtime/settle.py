@@ -36,6 +36,7 @@ from optisync.realtime.summary import PushSummary, RunSummary
 log = logging.getLogger(__name__)
 
 _ERROR_CLASS = {
+    "invalid": ErrorClass.INVALID,
     "fatal": ErrorClass.FATAL,
     "transient": ErrorClass.TRANSIENT,
     "rate_limited": ErrorClass.RATE_LIMITED,

@@ -1,0 +1,45 @@
+"""Attacks through the batch source: card numbers in EMD key names (docs/security.md)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from optisync.errors import ExitCode
+from tests.support import EXAMPLES, invoke
+
+PAN = "4111111111111111"
+WIDE = "4111 1111 1111 1111".translate({48 + d: 0xFF10 + d for d in range(10)})  # full-width
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> Path:
+    """A private copy of the example config and data, writing under tmp_path/var."""
+    shutil.copytree(EXAMPLES / "data", tmp_path / "examples" / "data")
+    text = (EXAMPLES / "optisync.yaml").read_text(encoding="utf-8")
+    text = text.replace("templates/", str(EXAMPLES / "templates") + "/")
+    path = tmp_path / "examples" / "optisync.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def run(config: Path, *args: str, expect: int = ExitCode.OK) -> tuple[dict[str, Any], str]:
+    result = invoke("--config", str(config), "--json", "export-batch", *args, expect=expect)
+    return json.loads(result.stdout), result.stdout + result.stderr
+
+
+def test_emd_key_names_holding_a_card_number_are_masked(sample: Path) -> None:
+    emd = sample.parent / "data" / "emd.csv"
+    with emd.open("a", encoding="utf-8") as fh:
+        fh.write(f"M000001,{PAN},1,2026-11-24T21:05:00Z\n")
+        fh.write(f"M000002,{WIDE},1,2026-11-24T21:05:00Z\n")
+    data, output = run(sample)
+    assert data["emd_unmapped"]["************1111"] == 2
+    manifest = Path(data["manifest"]).read_text(encoding="utf-8")
+    for text in (output, manifest):
+        assert PAN not in text and WIDE not in text
+    assert "************1111" in manifest
