@@ -3,8 +3,9 @@
 :meth:`OptimoveClient.send` takes an endpoint and an already-built JSON body and returns a
 :class:`Delivery`; the endpoint decides the URL, the credential and the rate limit.
 Every body is checked for card numbers here, whoever built it (push-event, replay of a
-stored letter, any target): one that holds one is not sent and comes back as outcome
-``invalid``, which the caller keeps as a letter like any other invalid part.
+stored letter, any target): one that holds one, or that JSON cannot carry (NaN,
+Infinity), is not sent and comes back as outcome ``invalid``, which the caller keeps as a
+letter like any other invalid part.
 
 HTTP outcomes never raise, with one exception: when Optimove rejects the credentials
 (401/403) the client raises :class:`OptimoveAuthError` (an :class:`optisync.errors.AuthError`,
@@ -243,8 +244,15 @@ class OptimoveClient:
             OptimoveAuthError: Optimove answered 401/403.
         """
         route = self._route(Endpoint(endpoint))
-        content = encode_body(body)
-        refused = card_refusal(content)
+        refused: str | None
+        try:
+            content = encode_body(body)
+        except (ValueError, TypeError, RecursionError) as exc:
+            # NaN/Infinity (a 1e999 that slipped past decoding, an edited letter): this one
+            # body is refused, never the run
+            content, refused = b"", f"the body cannot be sent as JSON: {exc}"
+        else:
+            refused = card_refusal(content)
         if refused is not None:
             log.warning("not sent to %s: %s", route.endpoint.value, refused)
             return Delivery(
