@@ -43,3 +43,44 @@ def test_emd_key_names_holding_a_card_number_are_masked(sample: Path) -> None:
     for text in (output, manifest):
         assert PAN not in text and WIDE not in text
     assert "************1111" in manifest
+
+
+def test_a_duckdb_source_cannot_read_local_files_into_the_export(
+    write_config: Any, tmp_path: Path
+) -> None:
+    import duckdb
+
+    secret = tmp_path / "etc" / "apikey.txt"
+    secret.parent.mkdir()
+    secret.write_text("REST-KEY-abc123", encoding="utf-8")
+    db = tmp_path / "loyalty.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute(
+        "CREATE TABLE base AS SELECT 'M' || i AS member_id,"
+        " TIMESTAMPTZ '2026-11-25 10:00:00+02' AS changed FROM range(3) t(i)"
+    )
+    con.execute(
+        "CREATE VIEW members AS SELECT member_id, changed, content AS note"
+        f" FROM base, read_text('{secret}')"
+    )
+    con.close()
+    config = write_config(
+        f"""
+        attributes:
+          batch:
+            - {{name: Note, type: text, source: note}}
+          emd: {{opt_in_key: email_opt_in}}
+        batch:
+          source: {{kind: duckdb, path: {db}}}
+          output: {{dir: out}}
+          state_dir: state
+          datasets:
+            members: {{key: [member_id], columns: {{CustomerID: member_id}}, updated_at: changed}}
+        """
+    )
+    result = invoke("--config", str(config), "export-batch", expect=ExitCode.CONFIG)
+    assert "outside" in result.stderr and "read_text" not in result.stdout
+    assert "REST-KEY" not in result.stdout + result.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path != secret and path.suffix != ".duckdb":
+            assert b"REST-KEY" not in path.read_bytes(), path
