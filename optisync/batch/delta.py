@@ -65,7 +65,7 @@ def unmapped_emd(con: Runner, plan: Plan) -> dict[str, int]:
     """EMD keys the config maps to no attribute, counted by name (reported, not exported)."""
     if plan.emd_relation is None:
         return {}
-    mapped = ", ".join("'" + k.replace("'", "''") + "'" for k in plan.emd_mapped) or "NULL"
+    mapped = ", ".join(plan.dialect.literal(k) for k in plan.emd_mapped) or "NULL"
     name_col = quote(plan.emd_name_column)
     rows = con.execute(
         f"SELECT CAST({name_col} AS VARCHAR), COUNT(*) FROM {plan.emd_relation}"

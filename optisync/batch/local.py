@@ -387,7 +387,7 @@ def export_local(
     budget = Budget(con, config.batch.memory_limit)
     source = make_source(config)
     source.open(con)
-    source_dir = config.path(config.batch.source.path or Path("."))
+    source_dir = config.path(config.batch.source.path or Path())
     lock_down(
         con,
         [temp_dir, state.dir, out_dir, *([source_dir] if source_dir.is_dir() else [])],

@@ -59,6 +59,12 @@ class Dialect:
     def pivot(self, value: str, name: str, key: str) -> str:
         return f"max({value}) FILTER (WHERE {name} = {key})"
 
+    def literal(self, text: str) -> str:
+        """``text`` as a string literal of this dialect: every value optisync writes into
+        SQL (EMD key names, the currency, a stored watermark) goes through here."""
+        # DuckDB's '...' literals know one escape only: a doubled quote
+        return "'" + text.replace("'", "''") + "'"
+
     def card_candidate(self, text: str) -> str:
         """True where ``text`` (a VARCHAR) may hold a card number; the exact check is Python's."""
         return (
@@ -86,6 +92,11 @@ class SnowflakeDialect(Dialect):
 
     def pivot(self, value: str, name: str, key: str) -> str:
         return f"MAX(CASE WHEN {name} = {key} THEN {value} END)"
+
+    def literal(self, text: str) -> str:
+        # Snowflake reads backslash escapes in '...' literals too: a key ending in \ would
+        # otherwise escape the closing quote and let the rest of the text into the statement
+        return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
     def card_candidate(self, text: str) -> str:
         # POSIX ERE (no (?:...)); REGEXP_LIKE matches the whole text, hence .* and 's'
@@ -318,7 +329,7 @@ def _emd_pivot(
         dialect.pivot(
             quote(dataset.value_column),
             quote(dataset.name_column),
-            "'" + key.replace("'", "''") + "'",
+            dialect.literal(key),
         )
         + f" AS {quote('emd:' + key)}"
         for key in mapped
@@ -369,6 +380,6 @@ def _columns(
         _need(types, dataset.currency, name, "currency column")
         columns.append(OutColumn(CURRENCY, f"upper(CAST(b.{quote(dataset.currency)} AS VARCHAR))"))
     elif any(c.decimal for c in columns) and CURRENCY not in seen:
-        code = config.locale.default_currency.replace("'", "")
-        columns.append(OutColumn(CURRENCY, f"'{code}'"))
+        # an ISO 4217 code (checked at load); quoted like any literal all the same
+        columns.append(OutColumn(CURRENCY, dialect.literal(config.locale.default_currency)))
     return columns

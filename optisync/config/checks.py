@@ -34,7 +34,7 @@ def check(src: Source, config: Config) -> None:
     _events(src, config)
     _templates(src, config)
     check_routing(src, config)
-    _locale(src, config)
+    check_locale(src, config)
     _optimove(src, config)
 
 
@@ -314,7 +314,10 @@ def check_routing(src: Source, config: Config) -> None:
             )
 
 
-def _locale(src: Source, config: Config) -> None:
+def check_locale(src: Source, config: Config) -> None:
+    """The default locale and currency exist (Babel's lists; the currency is ISO 4217).
+
+    Run at every load: the currency is written into the export's SQL and files."""
     from babel import Locale, UnknownLocaleError
     from babel.numbers import list_currencies
 

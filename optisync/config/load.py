@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optisync.config.checks import check, check_routing
+from optisync.config.checks import check, check_locale, check_routing
 from optisync.config.models import SECRET_ALIASES, Config
 from optisync.config.source import (
     Problem,
@@ -98,6 +98,7 @@ def load_config(
     config = validate_source(src) if not src.errors else None
     if config is not None:
         check_routing(src, config)
+        check_locale(src, config)
         _check_secret_files(src, config)
         for key in need:
             _require(src, config, key)
