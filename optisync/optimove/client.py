@@ -46,6 +46,7 @@ from optisync.optimove.outcome import (
     classify_exception,
 )
 from optisync.optimove.ratelimit import Limiter, RateLimiter, UnlimitedLimiter
+from optisync.redact import redact, register
 
 if TYPE_CHECKING:
     from typing import Self
@@ -205,6 +206,7 @@ class OptimoveClient:
             for s in (settings.api_key, settings.events_token)
             if s is not None and s.get_secret_value()
         ]
+        register(*self._secrets)
         if transport is None:
             from optisync.optimove.transport import default_transport
 
@@ -468,11 +470,7 @@ class OptimoveClient:
         return {"X-API-KEY": key.get_secret_value()}
 
     def _redact(self, text: str | None) -> str | None:
-        if text is None:
-            return None
-        for secret in self._secrets:
-            text = text.replace(secret, "****")
-        return text
+        return None if text is None else redact(text)
 
     # -- lifecycle -------------------------------------------------------------------------
 
