@@ -39,6 +39,7 @@ path reported names the masked key, so a path never repeats a card number.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
@@ -107,7 +108,7 @@ def may_hold_card(raw_json: str | bytes) -> bool:
     """
     if not raw_json.isascii():
         text = raw_json if isinstance(raw_json, str) else raw_json.decode("utf-8", "replace")
-        raw_json = _normalise(text)[0]
+        raw_json = _normalised(text)
     raw = raw_json if isinstance(raw_json, bytes) else raw_json.encode("utf-8", "surrogatepass")
     shape = raw.translate(_SHAPE, b" -")
     if _THIRTEEN_DIGITS not in shape and b"0e0" not in shape and b"0e+0" not in shape:
@@ -167,29 +168,44 @@ def _card_spans(run: str) -> list[tuple[int, int, str]]:
     return spans
 
 
+@functools.lru_cache(maxsize=4096)
+def _read_char(ch: str) -> str:
+    """How the check reads one non-ASCII character (module docstring)."""
+    if ch.isdecimal():
+        return str(unicodedata.decimal(ch))
+    category = unicodedata.category(ch)
+    if category == "Zs":
+        return " "
+    if category == "Pd":
+        return "-"
+    if category == "Cf":
+        return ""  # zero-width and other invisible characters
+    return ch
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_SPACE_ROW = re.compile(r" {2,}")
+
+
+def _normalised(text: str) -> str:
+    """``text`` as the check reads it; the cost grows with its non-ASCII characters only."""
+    if not text.isascii():
+        text = _NON_ASCII.sub(lambda m: _read_char(m.group()), text)
+    if "  " in text:
+        text = _SPACE_ROW.sub(" ", text)
+    return text
+
+
 def _normalise(text: str) -> tuple[str, list[int] | None]:
-    """``text`` as the check reads it (module docstring), and where each of its characters
-    came from in ``text`` (None when nothing changed)."""
+    """``text`` as the check reads it, and where each of its characters came from in
+    ``text`` (None when nothing changed)."""
     if text.isascii() and "  " not in text:
         return text, None
     out: list[str] = []
     origin: list[int] = []
     for i, ch in enumerate(text):
-        if ch.isascii():
-            mapped = ch
-        elif ch.isdecimal():
-            mapped = str(unicodedata.decimal(ch))
-        else:
-            category = unicodedata.category(ch)
-            if category == "Zs":
-                mapped = " "
-            elif category == "Pd":
-                mapped = "-"
-            elif category == "Cf":
-                continue  # zero-width and other invisible characters
-            else:
-                mapped = ch
-        if mapped == " " and out and out[-1] == " ":
+        mapped = ch if ch.isascii() else _read_char(ch)
+        if not mapped or (mapped == " " and out and out[-1] == " "):
             continue
         out.append(mapped)
         origin.append(i)
@@ -201,6 +217,8 @@ def _iter_hits(text: str) -> Iterator[tuple[int, int, str]]:
     positions in ``text``, the digits ASCII."""
     if len(text) < MIN_DIGITS:
         return
+    if (not text.isascii() or "  " in text) and _RUN.search(_normalised(text)) is None:
+        return  # the common case: no run at all, and no position map to build
     norm, origin = _normalise(text)
     for m in _RUN.finditer(norm):
         for start, end, digits in _card_spans(m.group()):
