@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from optisync import redact
-from optisync.config.checks import check, check_locale, check_routing
+from optisync.config.checks import check, check_currency, check_routing
 from optisync.config.models import SECRET_ALIASES, SECRET_KEYS, Config
 from optisync.config.source import (
     Problem,
@@ -99,7 +99,7 @@ def load_config(
     config = validate_source(src) if not src.errors else None
     if config is not None:
         check_routing(src, config)
-        check_locale(src, config)
+        check_currency(src, config)
         _check_secret_files(src, config)
         for key in need:
             _require(src, config, key)
