@@ -3,9 +3,15 @@
 No value that looks like a payment card number may be sent to Optimove or stored by
 optisync. "Looks like" is decided on *runs*:
 
-* A **run** is a maximal sequence of ASCII digits in which consecutive digits may be
-  separated by at most one space or one dash (``4111 1111-1111 1111``). Anything else — a
-  letter, a dot, a slash, two separators in a row — ends the run. So ``1234.56``,
+* Text is **normalised** first: every Unicode decimal digit (full-width,
+  Arabic-Indic, ...) counts as its ASCII digit, every Unicode space (no-break, thin,
+  ideographic, ...) as a space, every Unicode dash as ``-``, invisible format characters
+  (zero-width space, ...) are ignored, and a row of spaces counts as one space. Masks and
+  paths refer to the original text.
+* A **run** is a maximal sequence of digits in which consecutive digits may be
+  separated by at most one space (after normalising) or one dash (``4111 1111-1111 1111``).
+  Anything else — a letter, a dot, a slash, a dash next to a space or another dash — ends
+  the run. So ``1234.56``,
   ``12/27`` and ``2026-11-25T10:15`` split into short runs and are never flagged.
 * A run is **card-like** when its digits (separators ignored) number 13 to 19 and pass the
   Luhn check. The whole run is then masked.
@@ -33,8 +39,10 @@ path reported names the masked key, so a path never repeats a card number.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import unicodedata
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -56,12 +64,17 @@ MAX_DIGITS = 19
 # A maximal run (see module docstring) holding at least 13 digits. The look-behinds stop
 # a match from starting in the middle of a run; greediness makes it end at the run's end.
 _RUN = re.compile(r"(?<![0-9])(?<![0-9][ -])[0-9](?:[ -]?[0-9]){12,}")
+# What normalising can turn into a digit or a separator, as a JSON \u escape: an ASCII
+# digit, space or dash, a no-break space, or any character beyond Latin-1.
+_ESCAPE_TEXT = (
+    r"\\u(?:00(?:3[0-9]|2[0dD]|[aA]0)|0[1-9a-fA-F][0-9a-fA-F]{2}|[1-9a-fA-F][0-9a-fA-F]{3})"
+)
 _SEPARATORS = re.compile(r"[ -]")
 # In raw JSON text, digits can also hide behind an exponent (4.111e15) or a \u escape
 # that writes a digit, a space or a dash (\u0034); any other escape writes a character
 # that ends a run, as the escape's own backslash does in the raw text. The prefilter looks
 # for any 13-digit window, without _RUN's look-behinds: a superset.
-_CANDIDATE = re.compile(r"[0-9](?:[ -]?[0-9]){12}|\\u00(?:3[0-9]|2[0dD])|[0-9][eE][+-]?[0-9]")
+_CANDIDATE = re.compile(r"[0-9](?:(?: +|-)?[0-9]){12}|" + _ESCAPE_TEXT + r"|[0-9][eE][+-]?[0-9]")
 
 
 # The regex above tries a match at every position of the text, which costs more than
@@ -81,7 +94,7 @@ _SHAPE = bytes(
     for b in range(256)
 )
 _THIRTEEN_DIGITS = b"0" * MIN_DIGITS
-_ESCAPE = re.compile(rb"\\u00(?:3[0-9]|2[0dD])")
+_ESCAPE = re.compile(_ESCAPE_TEXT.encode())
 
 
 def may_hold_card(raw_json: str | bytes) -> bool:
@@ -89,9 +102,13 @@ def may_hold_card(raw_json: str | bytes) -> bool:
 
     Every string and number of a document appears in its text; a run of 13+ digits, an
     escape writing a digit or separator, or an exponent is needed to make one, and most
-    events have none. ``raw_json`` may be the text or its UTF-8 bytes (non-ASCII bytes
-    can be neither digits nor separators, so the answer is the same).
+    events have none. ``raw_json`` may be the text or its UTF-8 bytes. Text holding
+    non-ASCII characters is screened after normalising (a full-width or Arabic-Indic digit,
+    a no-break space), exactly as the full check reads it.
     """
+    if not raw_json.isascii():
+        text = raw_json if isinstance(raw_json, str) else raw_json.decode("utf-8", "replace")
+        raw_json = _normalised(text)
     raw = raw_json if isinstance(raw_json, bytes) else raw_json.encode("utf-8", "surrogatepass")
     shape = raw.translate(_SHAPE, b" -")
     if _THIRTEEN_DIGITS not in shape and b"0e0" not in shape and b"0e+0" not in shape:
@@ -151,13 +168,65 @@ def _card_spans(run: str) -> list[tuple[int, int, str]]:
     return spans
 
 
+@functools.lru_cache(maxsize=4096)
+def _read_char(ch: str) -> str:
+    """How the check reads one non-ASCII character (module docstring)."""
+    if ch.isdecimal():
+        return str(unicodedata.decimal(ch))
+    category = unicodedata.category(ch)
+    if category == "Zs":
+        return " "
+    if category == "Pd":
+        return "-"
+    if category == "Cf":
+        return ""  # zero-width and other invisible characters
+    return ch
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_SPACE_ROW = re.compile(r" {2,}")
+
+
+def _normalised(text: str) -> str:
+    """``text`` as the check reads it; the cost grows with its non-ASCII characters only."""
+    if not text.isascii():
+        text = _NON_ASCII.sub(lambda m: _read_char(m.group()), text)
+    if "  " in text:
+        text = _SPACE_ROW.sub(" ", text)
+    return text
+
+
+def _normalise(text: str) -> tuple[str, list[int] | None]:
+    """``text`` as the check reads it, and where each of its characters came from in
+    ``text`` (None when nothing changed)."""
+    if text.isascii() and "  " not in text:
+        return text, None
+    out: list[str] = []
+    origin: list[int] = []
+    for i, ch in enumerate(text):
+        mapped = ch if ch.isascii() else _read_char(ch)
+        if not mapped or (mapped == " " and out and out[-1] == " "):
+            continue
+        out.append(mapped)
+        origin.append(i)
+    return "".join(out), origin
+
+
 def _iter_hits(text: str) -> Iterator[tuple[int, int, str]]:
-    """Card-like spans of ``text`` as (start, end, digits), left to right."""
+    """Card-like spans of ``text`` as (start, end, digits), left to right; the spans are
+    positions in ``text``, the digits ASCII."""
     if len(text) < MIN_DIGITS:
         return
-    for m in _RUN.finditer(text):
+    if (not text.isascii() or "  " in text) and _RUN.search(_normalised(text)) is None:
+        return  # the common case: no run at all, and no position map to build
+    norm, origin = _normalise(text)
+    for m in _RUN.finditer(norm):
         for start, end, digits in _card_spans(m.group()):
-            yield m.start() + start, m.start() + end, digits
+            start, end = m.start() + start, m.start() + end
+            if origin is not None:
+                # a digit is one character in both texts, and a span ends on one
+                start, end = origin[start], origin[end - 1] + 1
+            yield start, end, digits
 
 
 def mask_text(text: str) -> str:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from optisync.redact import redact
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -57,14 +59,14 @@ class Output:
         """Data on stdout. A reader that went away (``| head``) does not change the exit
         code: the work is done, and the rest of the output is dropped quietly."""
         try:
-            self.stdout.write(_encodable(text))
+            self.stdout.write(_encodable(redact(text)))
             self.stdout.flush()
         except BrokenPipeError:
             self.stdout = sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115
 
     def line(self, text: str) -> None:
         """A plain line for humans on stderr, printed whatever the terminal."""
-        self.stderr.write(_encodable(text) + "\n")
+        self.stderr.write(_encodable(redact(text)) + "\n")
         self.stderr.flush()
 
     def info(self, text: str) -> None:

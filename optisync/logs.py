@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from optisync.durable import ensure_private_dir, is_symlink_error, open_private
+from optisync.redact import RedactingFilter
 
 _SHOW_PII = False
 
@@ -61,10 +62,13 @@ def setup(
         _JsonFormatter() if log_format == "json" else logging.Formatter("optisync: %(message)s")
     )
     console.setFormatter(formatter)
+    # on the handlers, not the logger: records of child loggers pass handler filters only
+    console.addFilter(RedactingFilter())
     root.addHandler(console)
     if log_file is not None:
         handler = _file_handler(log_file)
         handler.setLevel(logging.INFO)
+        handler.addFilter(RedactingFilter())
         handler.setFormatter(
             formatter
             if log_format == "json"

@@ -86,11 +86,9 @@ def test_card_followed_by_more_digit_groups_is_still_found() -> None:
         "25/11/2026 10:15",
         "1234.56",
         "amount 4111111.11 CAD",
-        "4111  1111  1111  1111",  # double spaces end the run
         "4111--1111--1111--1111",
         "4111_1111_1111_1111",
         "4111.1111.1111.1111",
-        "٤١١١١١١١١١١١١١١١",  # Arabic-Indic digits are not ASCII digits
         "",
     ],
 )

@@ -65,13 +65,18 @@ def unmapped_emd(con: Runner, plan: Plan) -> dict[str, int]:
     """EMD keys the config maps to no attribute, counted by name (reported, not exported)."""
     if plan.emd_relation is None:
         return {}
-    mapped = ", ".join("'" + k.replace("'", "''") + "'" for k in plan.emd_mapped) or "NULL"
+    mapped = ", ".join(plan.dialect.literal(k) for k in plan.emd_mapped) or "NULL"
     name_col = quote(plan.emd_name_column)
     rows = con.execute(
         f"SELECT CAST({name_col} AS VARCHAR), COUNT(*) FROM {plan.emd_relation}"
         f" WHERE {name_col} IS NOT NULL AND {name_col} NOT IN ({mapped}) GROUP BY 1"
     ).fetchall()
-    return {str(key): int(n) for key, n in rows}
+    # a key name is member-controlled text too: a card number there is masked like a value
+    counts: dict[str, int] = {}
+    for key, n in rows:
+        name = mask_text(str(key))
+        counts[name] = counts.get(name, 0) + int(n)
+    return counts
 
 
 def join_on(plan: Plan, left: str, right: str, right_prefix: str = "_k", op: str = "=") -> str:

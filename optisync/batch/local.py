@@ -10,6 +10,8 @@ the state advanced, by ``publish_files`` and the caller (docs/batch.md, "Crash s
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -39,7 +41,7 @@ from optisync.batch.source import make_source, quote
 from optisync.batch.state import StateStore
 from optisync.batch.writer import FileWriter, StagedFile
 from optisync.config.models import Config
-from optisync.errors import InvalidInputError, StorageError
+from optisync.errors import ConfigError, InvalidInputError, StorageError
 
 __all__ = ["Progress", "Target", "export_local", "open_duckdb", "publish_files"]
 
@@ -67,6 +69,9 @@ class Target(Protocol):
     ) -> None: ...
 
 
+log = logging.getLogger(__name__)
+
+
 def open_duckdb(config: Config, temp_dir: Path) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection in UTC that spills to ``temp_dir`` past ``batch.memory_limit``."""
     con = duckdb.connect(config={"allow_unsigned_extensions": False})
@@ -77,6 +82,37 @@ def open_duckdb(config: Config, temp_dir: Path) -> duckdb.DuckDBPyConnection:
     if config.batch.threads:
         con.execute(f"SET threads = {int(config.batch.threads)}")
     return con
+
+
+def lock_down(
+    con: duckdb.DuckDBPyConnection, folders: Sequence[Path], files: Sequence[Path] = ()
+) -> None:
+    """Once the source is open: no file outside ``folders`` (and ``files``) can be read or
+    written through ``con``, and the settings cannot be changed back.
+
+    A DuckDB source file is the loading programme's, not optisync's: a view in it over
+    ``read_text('/etc/optisync/apikey.txt')`` would otherwise put any file this user can
+    read into the export. ``memory_limit`` stays changeable: the memory budget sets it
+    per step.
+    """
+    names = {str(r[0]) for r in con.execute("SELECT name FROM duckdb_settings()").fetchall()}
+    if "allowed_directories" not in names:  # older DuckDB: no way to keep the output open
+        log.warning("this DuckDB cannot limit file access to the export's folders")
+        return
+    dirs = {str(p) for folder in folders for p in (folder, folder.resolve())}
+    listed = ", ".join(_literal(d.rstrip(os.sep) + os.sep) for d in sorted(dirs))
+    con.execute(f"SET allowed_directories = [{listed}]")
+    if files and "allowed_paths" in names:
+        paths = {str(p) for f in files for p in (f, f.resolve())}
+        con.execute(f"SET allowed_paths = [{', '.join(_literal(p) for p in sorted(paths))}]")
+    con.execute("SET enable_external_access = false")
+    if "allowed_configs" in names:
+        con.execute("SET allowed_configs = ['memory_limit']")
+        con.execute("SET lock_configuration = true")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def publish_files(
@@ -351,6 +387,12 @@ def export_local(
     budget = Budget(con, config.batch.memory_limit)
     source = make_source(config)
     source.open(con)
+    source_dir = config.path(config.batch.source.path or Path())
+    lock_down(
+        con,
+        [temp_dir, state.dir, out_dir, *([source_dir] if source_dir.is_dir() else [])],
+        [source_dir] if source_dir.is_file() else [],
+    )
     writer = None
     target = None
     if not dry_run and open_target is not None:
@@ -369,15 +411,23 @@ def export_local(
         writer=writer,
         target=target,
     )
-    plans = [
-        make_plan(con, config, source, n, d, started)
-        for n, d in config.batch.datasets.items()
-        if n in names
-    ]
-    for i, plan in enumerate(plans):
-        if progress is not None:
-            progress(plan.dataset, i, len(plans))
-        summary.datasets[plan.dataset] = _checked(export, plan, config)
+    try:
+        plans = [
+            make_plan(con, config, source, n, d, started)
+            for n, d in config.batch.datasets.items()
+            if n in names
+        ]
+        for i, plan in enumerate(plans):
+            if progress is not None:
+                progress(plan.dataset, i, len(plans))
+            summary.datasets[plan.dataset] = _checked(export, plan, config)
+    except duckdb.PermissionException as exc:
+        raise ConfigError(
+            f"batch.source: the source tries to reach a file outside the source and the"
+            f" export's folders, which optisync does not allow: {exc}",
+            hint="a view in the source database reads a local file (read_text, read_csv,"
+            " ...); load that data into a table of the source instead",
+        ) from None
     if progress is not None:
         progress("", len(plans), len(plans))
     if writer is not None:

@@ -33,8 +33,12 @@ __all__ = [
 ]
 
 DATASETS: tuple[str, ...] = get_args(DatasetName)
-# A 13-digit window, separators allowed: every card-like run holds one (cards.py).
-CARD_PATTERN = "[0-9](?:[ -]?[0-9]){12}"
+# A 13-digit window, separators allowed: every card-like run of ASCII text holds one
+# (cards.py); a row of spaces counts as one separator there.
+CARD_PATTERN = "[0-9](?:(?: +|-)?[0-9]){12}"
+# Anything outside printable ASCII may be a digit or a space once cards.py normalises it
+# (full-width digits, no-break spaces): such text always goes to the exact check.
+NOT_PRINTABLE_ASCII = "[^ -~]"
 LAST_UPDATED = "LastUpdated"
 CURRENCY = "Currency"
 
@@ -55,9 +59,18 @@ class Dialect:
     def pivot(self, value: str, name: str, key: str) -> str:
         return f"max({value}) FILTER (WHERE {name} = {key})"
 
+    def literal(self, text: str) -> str:
+        """``text`` as a string literal of this dialect: every value optisync writes into
+        SQL (EMD key names, the currency, a stored watermark) goes through here."""
+        # DuckDB's '...' literals know one escape only: a doubled quote
+        return "'" + text.replace("'", "''") + "'"
+
     def card_candidate(self, text: str) -> str:
         """True where ``text`` (a VARCHAR) may hold a card number; the exact check is Python's."""
-        return f"(length({text}) >= 13 AND regexp_matches({text}, '{CARD_PATTERN}'))"
+        return (
+            f"(length({text}) >= 13 AND (regexp_matches({text}, '{CARD_PATTERN}')"
+            f" OR regexp_matches({text}, '{NOT_PRINTABLE_ASCII}')))"
+        )
 
     def float_decimal(self, expr: str) -> str:
         """A floating-point value as DECIMAL(38,4), rounded from its shortest decimal form."""
@@ -80,10 +93,18 @@ class SnowflakeDialect(Dialect):
     def pivot(self, value: str, name: str, key: str) -> str:
         return f"MAX(CASE WHEN {name} = {key} THEN {value} END)"
 
+    def literal(self, text: str) -> str:
+        # Snowflake reads backslash escapes in '...' literals too: a key ending in \ would
+        # otherwise escape the closing quote and let the rest of the text into the statement
+        return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
     def card_candidate(self, text: str) -> str:
         # POSIX ERE (no (?:...)); REGEXP_LIKE matches the whole text, hence .* and 's'
         pattern = CARD_PATTERN.replace("(?:", "(")
-        return f"(LENGTH({text}) >= 13 AND REGEXP_LIKE({text}, '.*{pattern}.*', 's'))"
+        return (
+            f"(LENGTH({text}) >= 13 AND (REGEXP_LIKE({text}, '.*{pattern}.*', 's')"
+            f" OR REGEXP_LIKE({text}, '.*{NOT_PRINTABLE_ASCII}.*', 's')))"
+        )
 
     def float_decimal(self, expr: str) -> str:
         # Snowflake rounds a FLOAT to NUMBER by value (not checked against a real account)
@@ -308,7 +329,7 @@ def _emd_pivot(
         dialect.pivot(
             quote(dataset.value_column),
             quote(dataset.name_column),
-            "'" + key.replace("'", "''") + "'",
+            dialect.literal(key),
         )
         + f" AS {quote('emd:' + key)}"
         for key in mapped
@@ -359,6 +380,6 @@ def _columns(
         _need(types, dataset.currency, name, "currency column")
         columns.append(OutColumn(CURRENCY, f"upper(CAST(b.{quote(dataset.currency)} AS VARCHAR))"))
     elif any(c.decimal for c in columns) and CURRENCY not in seen:
-        code = config.locale.default_currency.replace("'", "")
-        columns.append(OutColumn(CURRENCY, f"'{code}'"))
+        # an ISO 4217 code (checked at load); quoted like any literal all the same
+        columns.append(OutColumn(CURRENCY, dialect.literal(config.locale.default_currency)))
     return columns

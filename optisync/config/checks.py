@@ -316,7 +316,6 @@ def check_routing(src: Source, config: Config) -> None:
 
 def _locale(src: Source, config: Config) -> None:
     from babel import Locale, UnknownLocaleError
-    from babel.numbers import list_currencies
 
     try:
         Locale.parse(config.locale.default_locale)
@@ -326,6 +325,14 @@ def _locale(src: Source, config: Config) -> None:
             f"unknown locale '{config.locale.default_locale}'",
             hint="a Babel locale such as en_CA or fr_CA",
         )
+    check_currency(src, config)
+
+
+def check_currency(src: Source, config: Config) -> None:
+    """The default currency is an ISO 4217 code (Babel's list). Run at every load: the
+    code is written into the export's SQL and files."""
+    from babel.numbers import list_currencies
+
     if config.locale.default_currency not in list_currencies():
         src.add(
             ("locale", "default_currency"),

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optisync.config.checks import check, check_routing
-from optisync.config.models import SECRET_ALIASES, Config
+from optisync import redact
+from optisync.config.checks import check, check_currency, check_routing
+from optisync.config.models import SECRET_ALIASES, SECRET_KEYS, Config
 from optisync.config.source import (
     Problem,
     Source,
@@ -98,6 +99,7 @@ def load_config(
     config = validate_source(src) if not src.errors else None
     if config is not None:
         check_routing(src, config)
+        check_currency(src, config)
         _check_secret_files(src, config)
         for key in need:
             _require(src, config, key)
@@ -111,7 +113,17 @@ def load_config(
             hint=f"run: optisync validate-config {src.path}",
             problems=problems,
         )
+    register_secrets(config)
     return config
+
+
+def register_secrets(config: Config) -> None:
+    """Hand every secret the config resolves to the one redaction point."""
+    for key in SECRET_KEYS:
+        try:
+            redact.register(config.require_secret(key))
+        except ConfigError:
+            continue  # not configured, or not usable here: nothing to hide
 
 
 def _check_secret_files(src: Source, config: Config) -> None:

@@ -2,6 +2,11 @@
 
 :meth:`OptimoveClient.send` takes an endpoint and an already-built JSON body and returns a
 :class:`Delivery`; the endpoint decides the URL, the credential and the rate limit.
+Every body is checked for card numbers here, whoever built it (push-event, replay of a
+stored letter, any target): one that holds one, or that JSON cannot carry (NaN,
+Infinity), is not sent and comes back as outcome ``invalid``, which the caller keeps as a
+letter like any other invalid part.
+
 HTTP outcomes never raise, with one exception: when Optimove rejects the credentials
 (401/403) the client raises :class:`OptimoveAuthError` (an :class:`optisync.errors.AuthError`,
 exit code 5) carrying the failed ``Delivery``. A bad key fails every later message too, so
@@ -19,6 +24,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +35,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from optisync import __version__
+from optisync.cards import find_card_numbers, may_hold_card
 from optisync.errors import AuthError, ConfigError
 from optisync.optimove.outcome import (
     ACCEPTED,
@@ -39,6 +46,7 @@ from optisync.optimove.outcome import (
     classify_exception,
 )
 from optisync.optimove.ratelimit import Limiter, RateLimiter, UnlimitedLimiter
+from optisync.redact import redact, register
 
 if TYPE_CHECKING:
     from typing import Self
@@ -93,6 +101,38 @@ def encode_body(body: Body) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
         "utf-8"
     )
+
+
+def card_refusal(content: bytes) -> str | None:
+    """Why ``content`` (a JSON body) must not be sent, or None: it holds a card number.
+
+    The reason names the paths (card numbers in them masked), never the number.
+    """
+    if not may_hold_card(content):
+        return None
+    try:
+        value = json.loads(content)
+    except ValueError:
+        return "the body is not JSON; it cannot be checked for card numbers, so it is not sent"
+    except RecursionError:
+        return "the body is nested too deeply to be checked for card numbers, so it is not sent"
+    paths = [p for p in find_card_numbers(value) if not _generated_id(value, p)]
+    if not paths:
+        return None
+    return f"{', '.join(paths)}: holds a card-number-like value; such messages are never sent"
+
+
+# The idempotency key optisync derives from a hash (realtime.plan, realtime.batching): its
+# 40 hex digits hold a Luhn-valid run of 13+ digits by chance now and then, and it carries
+# no member data. Only that exact shape is let through.
+_GENERATED_ID = re.compile(r"optisync-(?:b[0-9]+-)?[0-9a-f]{40}")
+
+
+def _generated_id(value: Any, path: str) -> bool:
+    if path != "UniqueMessageID" or not isinstance(value, dict):
+        return False
+    unique = value.get("UniqueMessageID")
+    return isinstance(unique, str) and _GENERATED_ID.fullmatch(unique) is not None
 
 
 def sign_body(content: bytes, token: str) -> str:
@@ -166,6 +206,7 @@ class OptimoveClient:
             for s in (settings.api_key, settings.events_token)
             if s is not None and s.get_secret_value()
         ]
+        register(*self._secrets)
         if transport is None:
             from optisync.optimove.transport import default_transport
 
@@ -205,7 +246,26 @@ class OptimoveClient:
             OptimoveAuthError: Optimove answered 401/403.
         """
         route = self._route(Endpoint(endpoint))
-        content = encode_body(body)
+        refused: str | None
+        try:
+            content = encode_body(body)
+        except (ValueError, TypeError, RecursionError) as exc:
+            # NaN/Infinity (a 1e999 that slipped past decoding, an edited letter): this one
+            # body is refused, never the run
+            content, refused = b"", f"the body cannot be sent as JSON: {exc}"
+        else:
+            refused = card_refusal(content)
+        if refused is not None:
+            log.warning("not sent to %s: %s", route.endpoint.value, refused)
+            return Delivery(
+                ok=False,
+                status=None,
+                outcome="invalid",
+                error=refused,
+                attempts=0,
+                endpoint=route.endpoint.value,
+                body=content,
+            )
         headers = self._headers(route, content)
         started = self._clock()
         # Most sends succeed first time: only a retryable answer pays for tenacity.
@@ -410,11 +470,7 @@ class OptimoveClient:
         return {"X-API-KEY": key.get_secret_value()}
 
     def _redact(self, text: str | None) -> str | None:
-        if text is None:
-            return None
-        for secret in self._secrets:
-            text = text.replace(secret, "****")
-        return text
+        return None if text is None else redact(text)
 
     # -- lifecycle -------------------------------------------------------------------------
 

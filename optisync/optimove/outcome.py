@@ -16,8 +16,10 @@ from typing import Final, Literal
 
 import httpx
 
+# "invalid" is the client's own verdict, never an answer's: the body was not sent (it holds
+# a card number, or a value JSON cannot carry).
 OutcomeKind = Literal[
-    "delivered", "duplicate", "partial", "rate_limited", "transient", "fatal", "auth"
+    "delivered", "duplicate", "partial", "rate_limited", "transient", "fatal", "auth", "invalid"
 ]
 
 #: Outcomes that are worth another attempt.

@@ -6,15 +6,18 @@ file, read and rewritten under an exclusive flock.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
-import hashlib
+import hmac
 import json
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from optisync.durable import ensure_private_dir, open_private, write_new
 from optisync.errors import StorageError
 from optisync.optimove.ratelimit import RateLimiter, Slot
 
@@ -96,7 +99,57 @@ class SharedQuota(RateLimiter):
         )
 
 
+SALT_NAME = ".salt"
+_SALT_BYTES = 32
+
+
 def quota_path(state_dir: Path, api_key: str, group: str) -> Path:
-    """The quota file of one API key's request group; the key itself is not written."""
-    digest = hashlib.sha256(api_key.encode()).hexdigest()[:16]
-    return state_dir / "quota" / f"{digest}-{group}.json"
+    """The quota file of one API key's request group.
+
+    Named by an HMAC of the key under a random salt kept in the same folder (0600): every
+    process on this machine finds the same file for the same key, while a name copied
+    elsewhere (a listing, a backup) cannot confirm a guessed key without the salt, as an
+    unsalted hash of it could.
+    """
+    folder = state_dir / "quota"
+    digest = hmac.new(local_salt(folder), api_key.encode(), "sha256").hexdigest()[:32]
+    return folder / f"{digest}-{group}.json"
+
+
+def local_salt(folder: Path) -> bytes:
+    """The salt of ``folder``, drawn on first use; concurrent first uses agree on one."""
+    path = folder / SALT_NAME
+    try:
+        ensure_private_dir(folder)
+        salt = _read_salt(path)
+        if salt is None:
+            tmp = folder / f".tmp-salt-{secrets.token_hex(8)}"
+            write_new(tmp, secrets.token_hex(_SALT_BYTES).encode())
+            try:
+                os.link(tmp, path)  # atomic, whole: the first process to link wins
+            except FileExistsError:
+                pass
+            finally:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            salt = _read_salt(path)
+    except OSError as exc:
+        raise StorageError(f"cannot use the shared quota salt {path}: {exc}") from None
+    if salt is None:
+        raise StorageError(
+            f"the shared quota salt {path} is not usable",
+            hint="remove it; the next run draws a new one",
+        )
+    return salt
+
+
+def _read_salt(path: Path) -> bytes | None:
+    try:
+        fd = open_private(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        raw = os.read(fd, 4 * _SALT_BYTES).strip()
+    finally:
+        os.close(fd)
+    return raw if len(raw) == 2 * _SALT_BYTES else None

@@ -44,6 +44,7 @@ from optisync.cards import mask_card_numbers, mask_text
 from optisync.config.models import Target
 from optisync.durable import atomic_write, fsync_dir
 from optisync.errors import StorageError
+from optisync.redact import redact
 
 __all__ = [
     "DeadLetter",
@@ -147,7 +148,9 @@ class DeadLetter(BaseModel):
                 "envelope": mask_card_numbers(self.envelope),
                 "request": mask_card_numbers(self.request),
                 "endpoint": None if self.endpoint is None else mask_text(self.endpoint),
-                "error": self.error.model_copy(update={"message": mask_text(self.error.message)}),
+                "error": self.error.model_copy(
+                    update={"message": redact(mask_text(self.error.message))}
+                ),
             }
         )
 

@@ -5,6 +5,8 @@ number instead of a crash (docs/envelope.md)."""
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -21,6 +23,12 @@ from optisync.events import Envelope, parse_envelope, parse_envelope_json
 
 MAX_LINE_BYTES = 1 << 20  # a longer line is refused (and skipped) without being held
 _KEEP_RAW = 4096
+#: Deeper JSON is invalid input: no envelope needs more than a few levels, and a deep
+#: document (cheap to write: 300 levels are 700 bytes) would hit the recursion limit in
+#: every walk that follows (validation, the card check, the dead letter).
+MAX_DEPTH = 64
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
 
 
 @dataclass
@@ -34,18 +42,58 @@ class Record:
     error: str | None = None
 
 
+class TooDeepError(ValueError):
+    """The document nests arrays and objects deeper than :data:`MAX_DEPTH`."""
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        # 1e999 reads as infinity, which no JSON body can carry: one such value would
+        # otherwise fail the whole request it is packed into
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def too_deep(text: str) -> bool:
+    """Whether ``text`` (JSON) nests deeper than :data:`MAX_DEPTH`; brackets inside strings
+    do not count."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False  # the common case, without a scan
+    depth = 0
+    for bracket in _BRACKETS.findall(_STRINGS.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def decode(text: str | bytes) -> Any:
-    """Strict JSON: no NaN or Infinity (json.loads would accept them)."""
+    """Strict JSON: no NaN, Infinity or out-of-range numbers (json.loads would read them as
+    floats), no nesting deeper than :data:`MAX_DEPTH`.
+
+    Raises:
+        TooDeepError: nested too deeply (a ValueError).
+        ValueError: anything else that is not strict JSON.
+    """
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    return _DECODER.decode(text)
+    if too_deep(text):
+        raise TooDeepError("nested too deeply")
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise TooDeepError("nested too deeply") from None
 
 
 def check(value: Any, line: int | None, source: str | None, raw: str | None = None) -> Record:
@@ -77,8 +125,12 @@ def _fast(chunk: bytes) -> Envelope | None:
     """The envelope of a line validated straight from its bytes, or None when the line needs
     the full path: it may hold a card number, it names NaN or Infinity (which only the strict
     decoder refuses), or it is invalid (the full path words the reason). A line that passes
-    here passes there too, with the same envelope."""
+    here passes there too, with the same envelope: an out-of-range number needs an exponent
+    or 309+ digits, both of which the card screen sends to the full path, and a line nested
+    deeper than MAX_DEPTH holds more brackets than that."""
     if may_hold_card(chunk) or b"NaN" in chunk or b"Infinity" in chunk:
+        return None
+    if chunk.count(b"[") + chunk.count(b"{") > MAX_DEPTH:
         return None
     try:
         return parse_envelope_json(chunk)
@@ -116,8 +168,8 @@ def read_ndjson(stream: IO[bytes], source: str | None) -> Iterator[Record]:
             continue
         try:
             value = decode(text)
-        except RecursionError:
-            yield Record(line_no, source, value=text[:_KEEP_RAW], error="nested too deeply")
+        except TooDeepError as exc:
+            yield Record(line_no, source, value=text[:_KEEP_RAW], error=str(exc))
             continue
         except ValueError as exc:  # JSONDecodeError, NaN, over-long integers
             yield Record(line_no, source, value=text[:_KEEP_RAW], error=f"bad JSON: {exc}")
@@ -192,7 +244,9 @@ class EventSource:
             raise UsageError(f"cannot read {file}: {exc.strerror or exc}") from None
         try:
             value = decode(text.removeprefix(b"\xef\xbb\xbf"))
-        except (ValueError, RecursionError) as exc:
+        except TooDeepError as exc:
+            return Record(1, str(file), error=str(exc))
+        except ValueError as exc:
             return Record(1, str(file), error=f"bad JSON: {exc}")
         return check(value, None, str(file))
 

@@ -32,10 +32,12 @@ from optisync.realtime.inputs import Record
 from optisync.realtime.journal import Journal
 from optisync.realtime.plan import Part
 from optisync.realtime.summary import PushSummary, RunSummary
+from optisync.redact import redact
 
 log = logging.getLogger(__name__)
 
 _ERROR_CLASS = {
+    "invalid": ErrorClass.INVALID,
     "fatal": ErrorClass.FATAL,
     "transient": ErrorClass.TRANSIENT,
     "rate_limited": ErrorClass.RATE_LIMITED,
@@ -73,7 +75,7 @@ class Settler(Generic[P]):
         summary = self.summary
         if exc is not None and not isinstance(exc, OptimoveAuthError):
             # a bug or a local fault: the messages are kept, then the error surfaces
-            message = f"{type(exc).__name__}: {exc}"
+            message = redact(f"{type(exc).__name__}: {exc}")
             self.failed(sent, LetterError(error_class=ErrorClass.TRANSIENT, message=message), 0)
             raise exc
         answer = exc.delivery if isinstance(exc, OptimoveAuthError) else delivery

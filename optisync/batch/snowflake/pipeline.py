@@ -162,8 +162,8 @@ class WarehouseExport:
         if result.mode == "full":
             body = all_rows(plan)
         elif watermark_mode:
-            mark = (meta or {}).get("watermark", "").replace("'", "")
-            body = all_rows(plan, f"t.{quote(LAST_UPDATED)} > CAST('{mark}' AS TIMESTAMP_NTZ)")
+            mark = plan.dialect.literal((meta or {}).get("watermark", ""))
+            body = all_rows(plan, f"t.{quote(LAST_UPDATED)} > CAST({mark} AS TIMESTAMP_NTZ)")
         else:
             self.state.ensure_fingerprints(plan)
             old = self.state.fingerprints(plan.dataset)

@@ -17,7 +17,7 @@ from datetime import datetime
 import duckdb
 
 from optisync import __version__
-from optisync.batch.plan import Plan
+from optisync.batch.plan import SNOWFLAKE, Plan
 from optisync.batch.result import DatasetResult
 from optisync.batch.snowflake.connection import (
     FETCH_ROWS,
@@ -113,7 +113,7 @@ class SnowflakeTarget:
         transaction(self.cur, statements)
 
     def _run_literal(self) -> str:
-        return "'" + self.run_id.replace("'", "''") + "'"
+        return SNOWFLAKE.literal(self.run_id)
 
     @staticmethod
     def _matching(plan: Plan, alias: str, relation: str) -> str:
