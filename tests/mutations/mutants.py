@@ -32,8 +32,8 @@ MUTANTS = (
     Mutant(
         "attribute parts not planned",
         "optisync/realtime/plan.py",
-        '        if kind == "attributes":\n            plan.parts.extend(',
-        '        if kind == "attributes-never":\n            plan.parts.extend(',
+        '            if kind == "attributes":\n                plan.parts.extend(',
+        '            if kind == "attributes-never":\n                plan.parts.extend(',
         (QUICK_ORACLE, "tests/test_crash.py::test_push_killed_mid_send_then_rerun"),
     ),
     Mutant(
