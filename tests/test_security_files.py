@@ -119,6 +119,34 @@ def test_lock_refuses_a_planted_symlink(tmp_path: Path, victim: Path, dangling: 
     assert lock.is_symlink()
 
 
+@pytest.mark.parametrize("dangling", [False, True], ids=["to-a-file", "dangling"])
+def test_journal_refuses_a_planted_symlink(tmp_path: Path, victim: Path, dangling: bool) -> None:
+    from optisync.realtime.journal import Journal
+
+    target = tmp_path / "would-be-created" if dangling else victim
+    path = tmp_path / "journals" / "input.journal"
+    path.parent.mkdir()
+    path.symlink_to(target)
+    with pytest.raises(StorageError, match="symbolic link"):
+        Journal(path)
+    assert victim.read_text() == VICTIM_TEXT
+    assert not (tmp_path / "would-be-created").exists()
+
+
+def test_journal_reads_what_it_wrote_and_appends(tmp_path: Path) -> None:
+    from optisync.realtime.journal import Journal
+
+    path = tmp_path / "j.journal"
+    first = Journal(path)
+    first.record("m1", "events#0")
+    first.close()
+    second = Journal(path)
+    assert second.handled("m1", "events#0") and not second.handled("m2", "events#0")
+    second.record("m2", "events#0")
+    second.close()
+    assert len(Journal(path)) == 2
+
+
 def test_export_batch_refuses_a_planted_lock_symlink(example_dir: Path, victim: Path) -> None:
     state = example_dir.parent / "var" / "batch-state"
     state.mkdir(parents=True)

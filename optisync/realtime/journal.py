@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import IO
 
+from optisync.durable import is_symlink_error, open_private
 from optisync.errors import StorageError
 
 
@@ -33,15 +34,17 @@ class Journal:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if fresh:
                 path.unlink(missing_ok=True)
-            elif path.exists():
-                with path.open(encoding="ascii", errors="replace") as f:
-                    # a line cut short by a kill is ignored: that part is simply redone
-                    self._done = {line[:24] for line in f if len(line) == 25}
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self._file: IO[str] = os.fdopen(fd, "a", encoding="ascii")
+            # The name is predictable: never read or append through a planted link.
+            fd = open_private(path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+            self._file: IO[str] = os.fdopen(fd, "a+", encoding="ascii", errors="replace")
+            self._file.seek(0)
+            # a line cut short by a kill is ignored: that part is simply redone
+            self._done = {line[:24] for line in self._file if len(line) == 25}
+            self._file.seek(0, os.SEEK_END)
         except OSError as exc:
+            reason = "it is a symbolic link" if is_symlink_error(exc) else exc.strerror or exc
             raise StorageError(
-                f"cannot use the input journal {path}: {exc.strerror or exc}",
+                f"cannot use the input journal {path}: {reason}",
                 hint="check optimove.state_dir is writable and has space",
             ) from None
 
