@@ -1,6 +1,6 @@
 """export-batch benchmark, each figure a ratio against a baseline in the same run.
 
-    .venv/bin/python benchmarks/batch.py [--members 1000000] [--big 5000000] [--skip-pandas]
+    .venv/bin/python benchmarks/batch.py [--members 1000000] [--big 5000000] [--shape both] [--skip-pandas]
 
 Generates a DuckDB database of N members x 19 source columns (20 exported with
 LastUpdated), then measures, each export in its own process (wall time, max RSS):
@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
 OPTISYNC = str(BIN / "optisync")
@@ -72,6 +73,46 @@ SELECT 'M' || lpad(i::VARCHAR, 9, '0') AS member_id,
        'CAD' AS currency
 FROM range({n}) t(i)
 """
+
+# Shaped like examples/data/members.csv: names with quotes and commas (one row in six), a
+# city with an embedded newline now and then, NULLs, unicode, values repeating as in a real
+# member table, unique ids and emails. CSV quoting is the slow path of a naive writer.
+GENERATE_EXAMPLE = """
+CREATE OR REPLACE TABLE members AS
+SELECT 'M' || lpad(i::VARCHAR, 9, '0') AS member_id,
+       'member' || i || '@example.com' AS email,
+       CASE WHEN i % 6 = 0 THEN ['O''Neil, Jr.', 'Ann "Annie"', 'Zoë, the 2nd'][1 + i % 3]
+            ELSE ['Ann','Bob','Chloé','Dan','Eve','Fay','Gus','Hana','Åsa','Léa'][1 + i % 10]
+       END AS first_name,
+       ['Lee','Roy','Gagnon','Chen','Singh','Smith','Tremblay','Ng'][1 + (i // 10) % 8]
+           AS last_name,
+       ['Bronze','Silver','Gold','Platinum'][1 + (i * 7) % 4] AS tier,
+       (i * 37) % 50000 AS points,
+       ((i * 131) % 1000000) / 100.0 AS spend,
+       DATE '2015-01-01' + ((i * 13) % 3650)::INT AS enrolled_on,
+       CASE WHEN i % 13 = 0 THEN NULL ELSE DATE '1950-01-01' + ((i * 17) % 20000)::INT
+       END AS birth_date,
+       CASE WHEN i % 97 = 0 THEN 'Saint-Jean-' || chr(10) || 'sur-Richelieu'
+            ELSE ['Montréal','Toronto','Vancouver','Calgary','Québec, QC'][1 + i % 5]
+       END AS city,
+       CASE WHEN i % 17 = 0 THEN NULL ELSE 'H' || (i % 10) || 'X ' || (i % 9) || 'Y' || (i % 7)
+       END AS postal_code,
+       'CA' AS country,
+       ['en','fr'][1 + i % 2] AS language,
+       ['active','inactive'][1 + (i % 11 = 0)::INT] AS status,
+       'HH' || (i // 3) AS household_id,
+       (i * 3) % 400 AS visits,
+       TIMESTAMP '2026-01-01 00:00:00' + to_seconds((i * 7919) % 28000000) AS last_visit_at,
+       CASE WHEN i % 29 = 0 THEN NULL ELSE 'S' || (i % 23) END AS segment,
+       'CAD' AS currency
+FROM range({n}) t(i)
+"""
+SHAPES = {"random": GENERATE, "example": GENERATE_EXAMPLE}
+
+# Targets (docs/benchmarks.md): each figure is checked and printed PASS or FAIL.
+TARGETS = {"full_vs_duckdb_copy": 1.0, "incremental_vs_full": 0.3}
+MEMORY_LIMIT_MB = 1024
+GROWTH_LIMIT = 0.20
 
 CONFIG = """\
 attributes:
@@ -149,16 +190,16 @@ def _sql(db: Path, sql: str) -> None:
     _run([sys.executable, "-c", code, str(db), sql])
 
 
-def _setup(work: Path, n: int, memory: str | None) -> tuple[Path, Path]:
-    db = work / f"members-{n}.duckdb"
-    _sql(db, GENERATE.format(n=n))
+def _setup(work: Path, n: int, memory: str | None, shape: str = "random") -> tuple[Path, Path]:
+    db = work / f"members-{n}-{shape}.duckdb"
+    _sql(db, SHAPES[shape].format(n=n))
     columns = "\n".join(f"        {out}: {src}" for out, src in COLUMNS.items())
-    config = work / f"optisync-{n}.yaml"
+    config = work / f"optisync-{n}-{shape}.yaml"
     config.write_text(
         CONFIG.format(
             db=db,
-            out=work / f"out-{n}",
-            state=work / f"state-{n}",
+            out=work / f"out-{n}-{shape}",
+            state=work / f"state-{n}-{shape}",
             memory=f"  memory_limit: {memory}\n" if memory else "",  # else the default
             columns=columns,
         ),
@@ -175,33 +216,80 @@ def _change(db: Path, share: float) -> None:
     )
 
 
+def _exported_rows(out: Path) -> int:
+    """Rows the manifests say were written for members: every row must be exported."""
+    return sum(
+        item["rows"]
+        for manifest in out.glob("*/manifest.json")
+        for item in json.loads(manifest.read_text())["files"]
+        if item["dataset"] == "members" and item["kind"] == "rows"
+    )
+
+
+def _measure(work: Path, n: int, memory: str | None, shape: str) -> dict[str, float]:
+    db, config = _setup(work, n, memory, shape)
+    base = _baseline(db, work / f"duckdb-copy-{shape}.csv.gz")
+    full, full_rss = _run([OPTISYNC, "--config", str(config), "export-batch", "--full"])
+    exported = _exported_rows(work / f"out-{n}-{shape}")
+    if exported != n:
+        raise SystemExit(f"{shape}: the full export wrote {exported} member rows of {n}")
+    _change(db, 0.01)
+    inc, inc_rss = _run([OPTISYNC, "--config", str(config), "export-batch"])
+    changed = _exported_rows(work / f"out-{n}-{shape}") - n
+    if changed != n // 100:
+        raise SystemExit(f"{shape}: the incremental export wrote {changed} rows of {n // 100}")
+    return {
+        "duckdb_copy_s": round(base, 2),
+        "full_s": round(full, 2),
+        "full_vs_duckdb_copy": round(full / base, 2),
+        "incremental_1pct_s": round(inc, 2),
+        "incremental_vs_full": round(inc / full, 2),
+        "full_max_rss_mb": round(full_rss / 2**20),
+        "incremental_max_rss_mb": round(inc_rss / 2**20),
+    }
+
+
+def _verdicts(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for shape in SHAPES:
+        figures = results.get(shape)
+        if not isinstance(figures, dict):
+            continue
+        for name, target in TARGETS.items():
+            ok = figures[name] <= target
+            lines.append(f"{'PASS' if ok else 'FAIL'} {shape} {name} {figures[name]} <= {target}")
+        for name in ("full_max_rss_mb", "incremental_max_rss_mb"):
+            ok = figures[name] < MEMORY_LIMIT_MB
+            lines.append(f"{'PASS' if ok else 'FAIL'} {shape} {name} {figures[name]} < 1024")
+    for name in ("full_rss_growth", "incremental_rss_growth"):
+        if name in results:
+            ok = results[name] < GROWTH_LIMIT
+            lines.append(f"{'PASS' if ok else 'FAIL'} {name} {results[name]} < {GROWTH_LIMIT}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--members", type=int, default=1_000_000)
     parser.add_argument("--big", type=int, default=5_000_000)
     parser.add_argument("--memory-limit", help="batch.memory_limit (default: the shipped one)")
+    parser.add_argument("--shape", choices=[*SHAPES, "both"], default="both")
     parser.add_argument("--skip-pandas", action="store_true")
     parser.add_argument("--skip-big", action="store_true")
     args = parser.parse_args()
-    results: dict[str, object] = {"members": args.members, "cores": os.cpu_count()}
+    results: dict[str, Any] = {"members": args.members, "cores": os.cpu_count()}
+    shapes = list(SHAPES) if args.shape == "both" else [args.shape]
     with tempfile.TemporaryDirectory(prefix="optisync-bench-") as tmp:
         work = Path(tmp)
-        db, config = _setup(work, args.members, args.memory_limit)
-        base = _baseline(db, work / "duckdb-copy.csv.gz")
-        full, full_rss = _run([OPTISYNC, "--config", str(config), "export-batch", "--full"])
-        _change(db, 0.01)
-        inc, inc_rss = _run([OPTISYNC, "--config", str(config), "export-batch"])
-        results.update(
-            duckdb_copy_s=round(base, 2),
-            full_s=round(full, 2),
-            full_vs_duckdb_copy=round(full / base, 2),
-            incremental_1pct_s=round(inc, 2),
-            incremental_vs_full=round(inc / full, 2),
-            full_max_rss_mb=round(full_rss / 2**20),
-            incremental_max_rss_mb=round(inc_rss / 2**20),
-        )
-        print(json.dumps(results), flush=True)
+        for shape in shapes:
+            results[shape] = _measure(work, args.members, args.memory_limit, shape)
+            print(json.dumps(results), flush=True)
+        # pandas and the big size on the first shape only: they measure the engine, not CSV
+        shape = shapes[0]
+        db = work / f"members-{args.members}-{shape}.duckdb"
+        config = work / f"optisync-{args.members}-{shape}.yaml"
         if not args.skip_pandas:
+            full = results[shape]["full_s"]
             pfull = _pandas(work, db, None)
             _change(db, 0.01)
             inc2, _ = _run([OPTISYNC, "--config", str(config), "export-batch"])
@@ -214,7 +302,7 @@ def main() -> None:
             )
             print(json.dumps(results), flush=True)
         if not args.skip_big:
-            db5, config5 = _setup(work, args.big, args.memory_limit)
+            db5, config5 = _setup(work, args.big, args.memory_limit, shape)
             db.unlink()
             big, big_rss = _run([OPTISYNC, "--config", str(config5), "export-batch", "--full"])
             _change(db5, 0.01)
@@ -225,12 +313,18 @@ def main() -> None:
                 big_full_max_rss_mb=round(big_rss / 2**20),
                 big_incremental_s=round(big_inc, 2),
                 big_incremental_max_rss_mb=round(big_inc_rss / 2**20),
-                full_rss_growth=round(big_rss / full_rss - 1, 3),
-                incremental_rss_growth=round(big_inc_rss / inc_rss - 1, 3),
+                full_rss_growth=round(big_rss / (results[shape]["full_max_rss_mb"] * 2**20) - 1, 3),
+                incremental_rss_growth=round(
+                    big_inc_rss / (results[shape]["incremental_max_rss_mb"] * 2**20) - 1, 3
+                ),
             )
     # the floor under every max RSS above (see _run): this process's own peak
     results["harness_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(json.dumps(results, indent=2))
+    verdicts = _verdicts(results)
+    print("\n".join(verdicts))
+    if any(v.startswith("FAIL") for v in verdicts):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
