@@ -1,6 +1,6 @@
 """export-batch benchmark, each figure a ratio against a baseline in the same run.
 
-    .venv/bin/python benchmarks/batch.py [--members 1000000] [--big 5000000] [--shape both] [--skip-pandas]
+    .venv/bin/python benchmarks/batch.py [--members N] [--big N] [--shape both] [--skip-pandas]
 
 Generates a DuckDB database of N members x 19 source columns (20 exported with
 LastUpdated), then measures, each export in its own process (wall time, max RSS):

@@ -7,7 +7,6 @@ so keep-alive clients never wait on delayed ACKs. Nothing is logged per request.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import signal
 import socket
 import sys
@@ -18,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
+from optisync.config.models import is_loopback_host
 from optisync.errors import UsageError
 from optisync.sandbox.state import Faults, Reply, SandboxConfig, SandboxState
 
@@ -29,16 +29,6 @@ _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
     b"Connection: close\r\n\r\n"
 )
-
-
-def is_loopback(host: str) -> bool:
-    """localhost, 127.0.0.0/8 or ::1; names other than localhost are not resolved."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class _Server(ThreadingHTTPServer):
@@ -192,7 +182,7 @@ class Sandbox:
     """
 
     def __init__(self, config: SandboxConfig, host: str = "127.0.0.1", port: int = 0) -> None:
-        if not config.allow_remote and not is_loopback(host):
+        if not config.allow_remote and not is_loopback_host(host):
             raise UsageError(
                 f"refusing to listen on {host}: not a loopback address",
                 hint="anyone who reaches the sandbox with its key reads the member data it"
