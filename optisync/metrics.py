@@ -42,6 +42,10 @@ class RunFigures:
 
     @property
     def success(self) -> bool:
+        # a dry run delivers and publishes nothing: the "no export in 26 hours" alert must
+        # still fire when only dry runs happened
+        if (self.summary or {}).get("dry_run") is True:
+            return False
         return self.exit_code in SUCCESS_CODES or self.published_with_held_rows
 
     @property

@@ -112,6 +112,16 @@ def test_an_exit_4_that_published_nothing_keeps_the_previous_success(
     assert value(found, "optisync_last_success_timestamp_seconds", command=command) == 160.0
 
 
+@pytest.mark.parametrize("command", ["export-batch", "push-event", "replay"])
+def test_a_dry_run_is_not_a_success(tmp_path: Path, command: str) -> None:
+    metrics = tmp_path / "m.prom"
+    write_metrics(metrics, RunFigures(command, 0, 100.0, 160.0, 60.0, {"dry_run": False}))
+    write_metrics(metrics, RunFigures(command, 0, 200.0, 210.0, 10.0, {"dry_run": True}))
+    found = samples(metrics)
+    assert value(found, "optisync_last_run_success", command=command) == 0
+    assert value(found, "optisync_last_success_timestamp_seconds", command=command) == 160.0
+
+
 def test_durations_are_not_exported_as_items() -> None:
     summary = {"seconds": 1.5, "duration_seconds": 2.5, "rows": 3}
     found = {
