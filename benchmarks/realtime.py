@@ -11,7 +11,10 @@ code and Extended Member Data; ``PURCHASE`` for mail), not a minimal event.
    second from the command's start to its end, everything parsed, validated, routed,
    planned, packed and accepted;
 3. events: 20,000 events (`--only events`, limits off) vs a plain sequential httpx loop,
-   and vs the same loop on a pool of `optimove.concurrency` threads;
+   and vs the same loop on a pool of `optimove.concurrency` threads, each against the same
+   server: the fast loopback gateway of `loopback.py` (the target; the sandbox serves too
+   few requests a second to tell a fast client from a slow one), then the sandbox; optisync
+   runs at concurrency 4 (the default) and 16;
 4. attributes: 100,000 profile updates (`--only attributes`) with the sandbox enforcing 50
    requests / 10 s, vs the sliding-window floor (ceil(calls / 50) - 1) x 10 s + one round
    trip; 429s counted;
@@ -46,7 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 OPTISYNC = os.environ.get("BENCH_OPTISYNC", str(BIN / "optisync"))  # or another build
 KEY = "bench-key"
-PORT_LIMITED, PORT_OPEN = 18901, 18902
+PORT_LIMITED, PORT_OPEN, PORT_FAST = 18901, 18902, 18903
+WIDE = 16  # the events run is repeated with this optimove.concurrency
 KEEP = 400  # requests each sandbox keeps, enough to count every customer and recipient
 
 GENERAL = (50, 10.0)  # Optimove's general quota: requests per sliding window of seconds
@@ -57,7 +61,7 @@ RECIPIENTS_PER_CALL = 200
 CONFIG = """\
 optimove:
   api_url: http://127.0.0.1:{port}
-  events_url: http://127.0.0.1:{port}/reportEvent
+  events_url: http://127.0.0.1:{events_port}/reportEvent
   tenant_id: 1234
   api_key: {key}
   concurrency: {concurrency}
@@ -155,14 +159,16 @@ def accepted_items(port: int, kind: str, key: str) -> int:
     return sum(len(r["body"][key]) for r in sandbox_call(port, f"received?kind={kind}"))
 
 
-def config(tmp: Path, port: int, concurrency: int = 4) -> Path:
+def config(tmp: Path, port: int, concurrency: int = 4, events_port: int | None = None) -> Path:
     """The benchmark's config; against the open sandbox the client's own quotas are off
-    too (a million calls a window), so that "limits off" means off at both ends."""
-    path = tmp / f"optisync-{port}-{concurrency}.yaml"
+    too (a million calls a window), so that "limits off" means off at both ends.
+    ``events_port`` sends events elsewhere (the fast loopback gateway)."""
+    path = tmp / f"optisync-{port}-{concurrency}-{events_port}.yaml"
     limited = port == PORT_LIMITED
     path.write_text(
         CONFIG.format(
             port=port,
+            events_port=events_port or port,
             key=KEY,
             dl=tmp / f"dl-{port}",
             concurrency=concurrency,
@@ -183,6 +189,33 @@ def push(cfg: Path, only: str, source: Path) -> float:
     return timed(
         [OPTISYNC, "-c", str(cfg), "push-event", "--fresh", "--only", only, "--input", str(source)]
     )
+
+
+def push_peak(cfg: Path, only: str, source: Path) -> tuple[float, float]:
+    """``push`` run under /usr/bin/time -f %M: its seconds and its own peak RSS in MB (the
+    harness's children peak would hold every earlier child's)."""
+    out = Path(tempfile.mkstemp()[1])
+    seconds = timed(
+        [
+            "/usr/bin/time",
+            "-f",
+            "%M",
+            "-o",
+            str(out),
+            OPTISYNC,
+            "-c",
+            str(cfg),
+            "push-event",
+            "--fresh",
+            "--only",
+            only,
+            "--input",
+            str(source),
+        ]
+    )
+    peak_kb = float(out.read_text().split()[-1])
+    out.unlink()
+    return seconds, peak_kb / 1024
 
 
 def round_trip(body: Any, path: str) -> float:
@@ -279,20 +312,71 @@ def bench_pipeline(tmp: Path, n: int) -> dict[str, Any]:
     }
 
 
+def start_loopback(port: int) -> subprocess.Popen[bytes]:
+    """The fast events gateway of benchmarks/loopback.py, in its own process."""
+    script = str(Path(__file__).with_name("loopback.py"))
+    proc = subprocess.Popen([sys.executable, script, str(port), KEY, "1234"])
+    for _ in range(100):
+        try:
+            httpx.post(f"http://127.0.0.1:{port}/_reset")
+            return proc
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError("loopback gateway did not start")
+
+
+def gateway_events(port: int) -> int:
+    """Events accepted since the last reset, by the sandbox or the fast gateway."""
+    if port == PORT_FAST:
+        stats = httpx.get(f"http://127.0.0.1:{port}/_stats").json()
+        assert stats["rejected"] == 0, stats
+        return int(stats["events"])
+    return int(sandbox_call(port, "stats")["events"])
+
+
+def reset_gateway(port: int) -> None:
+    if port == PORT_FAST:
+        httpx.post(f"http://127.0.0.1:{port}/_reset")
+    else:
+        sandbox_call(port, "reset", "POST")
+
+
 def bench_events(tmp: Path, n: int) -> dict[str, Any]:
+    """optisync and the two httpx loops, against the fast loopback gateway (the target: it
+    measures the clients) and against the sandbox (what it serves caps every client)."""
     source = tmp / f"profiles-{n}.ndjson"
     if not source.exists():
         write_events(source, n)
     concurrency = 4
-    cfg = config(tmp, PORT_OPEN, concurrency=concurrency)
-    sandbox_call(PORT_OPEN, "reset", "POST")
+    results: dict[str, Any] = {"events": n, "concurrency": concurrency}
+    for server, port in (("fast_gateway", PORT_FAST), ("sandbox", PORT_OPEN)):
+        results[server] = events_against(tmp, source, n, port, concurrency)
+    fast = results["fast_gateway"]
+    results["targets"] = {
+        "all accepted": all(results[s]["all_accepted"] for s in ("fast_gateway", "sandbox")),
+        ">= 3x the sequential loop (fast gateway)": fast["ratio_to_sequential"] >= 3.0,
+        f">= 3x the sequential loop (fast gateway, concurrency {WIDE})": fast[
+            f"ratio_to_sequential_concurrency_{WIDE}"
+        ]
+        >= 3.0,
+    }
+    return results
+
+
+def events_against(tmp: Path, source: Path, n: int, port: int, concurrency: int) -> dict[str, Any]:
+    cfg = config(tmp, PORT_OPEN, concurrency=concurrency, events_port=port)
+    reset_gateway(port)
     ours = push(cfg, "events", source)
-    accepted = sandbox_call(PORT_OPEN, "stats")["events"]
+    accepted = gateway_events(port)
+    # the same run with more connections, as optimove.concurrency allows (up to 64)
+    reset_gateway(port)
+    wide = push(config(tmp, PORT_OPEN, concurrency=WIDE, events_port=port), "events", source)
+    wide_accepted = gateway_events(port)
     # The baselines build the same body from each line, as a hand-written client would.
     loop = f"""
 import json, sys, httpx
 from concurrent.futures import ThreadPoolExecutor
-url = 'http://127.0.0.1:{PORT_OPEN}/reportEvent'
+url = 'http://127.0.0.1:{port}/reportEvent'
 def body(line):
     e = json.loads(line)
     return {{'tenant': 1234, 'event': 'member_profile_update', 'customer': e['member_id'],
@@ -309,29 +393,26 @@ with httpx.Client(headers={{'X-API-KEY': '{KEY}'}},
             for r in pool.map(lambda line: c.post(url, json=body(line)), lines):
                 r.raise_for_status()
 """
-    sandbox_call(PORT_OPEN, "reset", "POST")
+    reset_gateway(port)
     sequential = timed([sys.executable, "-c", loop, "1"])
-    seq_accepted = sandbox_call(PORT_OPEN, "stats")["events"]
-    sandbox_call(PORT_OPEN, "reset", "POST")
+    seq_accepted = gateway_events(port)
+    reset_gateway(port)
     pooled = timed([sys.executable, "-c", loop, str(concurrency)])
-    pool_accepted = sandbox_call(PORT_OPEN, "stats")["events"]
-    ratio = sequential / ours
+    pool_accepted = gateway_events(port)
     return {
-        "events": n,
         "accepted": accepted,
-        "concurrency": concurrency,
         "optisync_s": ours,
         "optisync_events_per_s": n / ours,
+        f"optisync_concurrency_{WIDE}_s": wide,
+        f"optisync_concurrency_{WIDE}_events_per_s": n / wide,
+        f"ratio_to_sequential_concurrency_{WIDE}": sequential / wide,
         "httpx_sequential_s": sequential,
         "httpx_sequential_events_per_s": n / sequential,
         "httpx_pool_s": pooled,
         "httpx_pool_events_per_s": n / pooled,
-        "ratio_to_sequential": ratio,
+        "ratio_to_sequential": sequential / ours,
         "ratio_to_same_concurrency_pool": pooled / ours,
-        "targets": {
-            "all accepted": accepted == n and seq_accepted == n and pool_accepted == n,
-            ">= 3x the sequential loop": ratio >= 3.0,
-        },
+        "all_accepted": accepted == n == wide_accepted and seq_accepted == n == pool_accepted,
     }
 
 
@@ -358,7 +439,7 @@ def bench_attributes(tmp: Path, n: int) -> dict[str, Any]:
     }
     rtt = round_trip(full, "/Customers/UpdateCustomerAttributes")
     sandbox_call(PORT_LIMITED, "reset", "POST")
-    seconds = push(cfg, "attributes", source)
+    seconds, peak_mb = push_peak(cfg, "attributes", source)
     stats = sandbox_call(PORT_LIMITED, "stats")
     customers = accepted_items(PORT_LIMITED, "attributes", "CustomerNewAttributesValuesList")
     floor = window_floor(calls, GENERAL, rtt)
@@ -372,6 +453,7 @@ def bench_attributes(tmp: Path, n: int) -> dict[str, Any]:
         "floor_s": floor,
         "ratio_to_floor": ratio,
         "rate_limited_429": stats["rate_limited_429"],
+        "peak_rss_mb": peak_mb,
         "targets": {
             "all accepted": customers == n and stats["accepted_attributes"] == calls,
             "<= 1.15x the floor": ratio <= 1.15,
@@ -493,6 +575,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         limited, open_ = start_sandbox(PORT_LIMITED, True), start_sandbox(PORT_OPEN, False)
+        fast = start_loopback(PORT_FAST)
         try:
             quick = args.quick
             plan = {
@@ -514,6 +597,7 @@ def main() -> None:
         finally:
             limited.terminate()
             open_.terminate()
+            fast.terminate()
     print(json.dumps(results, indent=2))
     verdicts = [ok for r in results.values() if isinstance(r, dict) for ok in r["targets"].values()]
     print(f"{sum(verdicts)}/{len(verdicts)} targets met", file=sys.stderr)

@@ -266,25 +266,7 @@ class OptimoveClient:
                 endpoint=route.endpoint.value,
                 body=content,
             )
-        headers = self._headers(route, content)
-        started = self._clock()
-        # Most sends succeed first time: only a retryable answer pays for tenacity.
-        first = self._attempt(route, content, headers)
-        outcome, attempts = first, 1
-        if first.retryable and self._settings.retry.max_attempts > 1:
-            outcome, attempts = self._retry(route, content, headers, first, started)
-        delivery = Delivery(
-            ok=outcome.kind in ACCEPTED,
-            status=outcome.status,
-            outcome=outcome.kind,
-            error=self._redact(outcome.error),
-            attempts=attempts,
-            endpoint=route.endpoint.value,
-            body=content,
-        )
-        if delivery.outcome == "auth":
-            raise OptimoveAuthError.from_delivery(delivery)
-        return delivery
+        return self._exchange(route, content)
 
     def fetch(
         self, endpoint: Endpoint | str, params: dict[str, str | int] | None = None
@@ -304,24 +286,8 @@ class OptimoveClient:
 
             url += "?" + urlencode(params, safe="$")
         route = _Route(route.endpoint, url, route.limiter, method="GET")
-        headers = self._headers(route, b"")
-        started = self._clock()
         answers: list[bytes] = []
-        first = self._attempt(route, b"", headers, answers)
-        outcome, attempts = first, 1
-        if first.retryable and self._settings.retry.max_attempts > 1:
-            outcome, attempts = self._retry(route, b"", headers, first, started, answers)
-        delivery = Delivery(
-            ok=outcome.kind in ACCEPTED,
-            status=outcome.status,
-            outcome=outcome.kind,
-            error=self._redact(outcome.error),
-            attempts=attempts,
-            endpoint=route.endpoint.value,
-            body=b"",
-        )
-        if delivery.outcome == "auth":
-            raise OptimoveAuthError.from_delivery(delivery)
+        delivery = self._exchange(route, b"", answers)
         data: Any = None
         if delivery.ok:
             try:
@@ -332,11 +298,42 @@ class OptimoveClient:
                     status=delivery.status,
                     outcome="fatal",
                     error="the answer is not JSON",
-                    attempts=attempts,
+                    attempts=delivery.attempts,
                     endpoint=delivery.endpoint,
                     body=b"",
                 )
         return Fetched(delivery, data)
+
+    def _exchange(
+        self, route: _Route, content: bytes, answers: list[bytes] | None = None
+    ) -> Delivery:
+        """Attempt ``content`` on ``route`` under its limiter, retrying what may be retried;
+        ``answers`` collects each attempt's response body. The one attempt-and-retry
+        sequence of every call, sent (POST) or fetched (GET).
+
+        Raises:
+            ConfigError: the credential the route needs is not configured.
+            OptimoveAuthError: Optimove answered 401/403.
+        """
+        headers = self._headers(route, content)
+        started = self._clock()
+        # Most calls succeed first time: only a retryable answer pays for tenacity.
+        first = self._attempt(route, content, headers, answers)
+        outcome, attempts = first, 1
+        if first.retryable and self._settings.retry.max_attempts > 1:
+            outcome, attempts = self._retry(route, content, headers, first, started, answers)
+        delivery = Delivery(
+            ok=outcome.kind in ACCEPTED,
+            status=outcome.status,
+            outcome=outcome.kind,
+            error=self._redact(outcome.error),
+            attempts=attempts,
+            endpoint=route.endpoint.value,
+            body=content,
+        )
+        if delivery.outcome == "auth":
+            raise OptimoveAuthError.from_delivery(delivery)
+        return delivery
 
     def _retry(
         self,
