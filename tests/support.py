@@ -75,8 +75,8 @@ ALL_TYPES = (
 # A minimal valid config as text whose lines are fixed: validate-config tests assert line
 # numbers and append sections after line 10.
 VALID_CONFIG = f"""\
-optimove:
-  api_key: ${{OPTIMOVE_API_KEY:-}}
+optimove: {{callback_url: "https://optisync.example.com/v1/optimove/callback",
+  api_key: "${{OPTIMOVE_API_KEY:-}}"}}
 attributes:
   emd:
     opt_in_key: email_opt_in
