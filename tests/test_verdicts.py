@@ -438,3 +438,33 @@ def test_a_plain_http_callback_url_is_refused_unless_loopback(write_config: Any)
     assert result.exit_code != 0
     local = VALID_CONFIG.replace("https://optisync.example.com", "http://127.0.0.1:8787")
     invoke("validate-config", str(write_config(local)))
+
+
+def test_the_sandbox_knows_listed_customers_and_posts_verdicts_to_loopback_only() -> None:
+    bodies: list[Any] = []
+    receiver = CallbackReceiver(lambda params, body: (200, bodies.append(json.loads(body))))
+    try:
+        with Sandbox(SandboxConfig(api_key=KEY, customers=frozenset({"K1"}))) as box:
+            for url in (receiver.url, "https://optimove-callbacks.example.com/v1"):
+                body = {
+                    "CustomerNewAttributesValuesList": [
+                        {"CustomerID": c, "Attributes": [{"RealFieldName": "A", "Value": 1}]}
+                        for c in ("K1", "K2")
+                    ],
+                    "CallbackURL": url,
+                }
+                answer = httpx.post(
+                    f"{box.url}/Customers/UpdateCustomerAttributes",
+                    json=body,
+                    headers={"X-API-KEY": KEY},
+                )
+                assert answer.status_code == 202
+            receiver.wait_for(1)
+            assert box.stats["callbacks_refused"] == 1
+        [verdict] = bodies
+        assert verdict["isSuccess"] is False
+        assert verdict["errors"] == [
+            {"error": "INVALID_CUSTOMER", "customerId": "K2", "realFieldName": "A"}
+        ]
+    finally:
+        receiver.close()
