@@ -468,3 +468,37 @@ def test_the_sandbox_knows_listed_customers_and_posts_verdicts_to_loopback_only(
         ]
     finally:
         receiver.close()
+
+
+def test_a_customer_is_created_before_any_update_of_theirs_is_packed() -> None:
+    from optisync.realtime.batching import Batcher
+    from optisync.realtime.plan import create_part
+
+    def update(member: str) -> Any:
+        from optisync.realtime.deadletter import Kind
+        from optisync.realtime.plan import Part
+
+        body = {"CustomerNewAttributesValuesList": [{"CustomerID": member, "Attributes": []}]}
+        return Part(Kind.ATTRIBUTES, Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, body, "attributes")
+
+    batcher: Batcher[str] = Batcher(1)
+    creating = Endpoint.INSERT_OR_UPDATE_CUSTOMERS
+    assert batcher.add("r1", create_part(creating, "M1", [])) == []
+    assert batcher.add("r2", create_part(creating, "M2", [])) == []
+    assert batcher.add("u3", update("M3")) == []  # M3 is not being created: it waits
+    [ready] = batcher.add("u1", update("M1"))
+    assert ready.endpoint is creating
+    assert ready.seal() == {
+        "Customers": [
+            {"CustomerId": "M1", "Attributes": []},
+            {"CustomerId": "M2", "Attributes": []},
+        ]
+    }
+    # one customer twice in one creation call: the second goes in the next call
+    assert batcher.add("r4", create_part(creating, "M4", [])) == []
+    [first] = batcher.add("r4b", create_part(creating, "M4", []))
+    assert [m for m, _ in first.items] == ["r4"]
+    assert [p.endpoint for p in batcher.drain()] == [
+        Endpoint.UPDATE_CUSTOMER_ATTRIBUTES,
+        creating,
+    ]
