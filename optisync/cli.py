@@ -513,6 +513,14 @@ def sandbox_cmd(
             " --templates-from config declares).",
         ),
     ] = None,
+    customers: Annotated[
+        Path | None,
+        typer.Option(
+            "--customers",
+            help="Customer ids that already exist, one per line (default: none; customers"
+            " are created by UpsertCustomer and InsertOrUpdateCustomers).",
+        ),
+    ] = None,
 ) -> None:
     """Serve a local stand-in for Optimove's APIs on loopback, for trials and tests.
 
@@ -561,6 +569,11 @@ def sandbox_cmd(
         keep_received=keep,
         catalog=catalog,
         allow_remote=allow_remote,
+        customers=frozenset(
+            line.strip()
+            for line in (customers.read_text(encoding="utf-8").splitlines() if customers else [])
+            if line.strip()
+        ),
     )
     serve(config, host, port)
 

@@ -6,7 +6,7 @@ opt-in sent both ways (``opt_in.method: both``), and the calls the sandbox recor
 dead letter kept are read back into the same terms. Every input message of these suites
 has its own member id, email and promotion codes, so a recorded call names its message.
 
-A call is ``(message id, call)`` where call is ``event:<name>``, ``attributes``,
+A call is ``(message id, call)`` where call is ``event:<name>``, ``attributes``, ``customers``,
 ``mail:<TemplateID>``, ``unsubscribe``, ``resubscribe`` or ``promotion:<code>``.
 """
 
@@ -29,7 +29,8 @@ BOTH_OPT_IN = {"OPTIMOVE__OPT_IN__METHOD": "both", "OPTIMOVE__OPT_IN__BRAND_ID":
 # opted in, unsubscribe when opted out); "promotions" for one call per offer. The welcome
 # mail is absent on purpose: its delivery is "event", so Optimove's campaign sends it.
 EXPECTED: dict[str, tuple[str, ...]] = {
-    "MEMBER_REGISTRATION": ("event:member_registration", "attributes", "optin"),
+    # a registration creates the customer (attributes.create_method: insert_or_update)
+    "MEMBER_REGISTRATION": ("event:member_registration", "customers", "optin"),
     # routed to events, its own event carries the consent; only the list call is added
     "OPT_IN_EMAIL": ("event:opt_in_email", "optin-list"),
     "REDEMPTION": ("event:redemption", "attributes", "mail:1001"),
@@ -47,6 +48,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
 LETTER_KIND = {
     "event": "events",
     "attributes": "attributes",
+    "customers": "attributes",
     "mail": "email",
     "unsubscribe": "opt_in",
     "resubscribe": "opt_in",
@@ -118,6 +120,11 @@ class Index:
         elif where.endswith("updatecustomerattributes"):
             for customer in body["CustomerNewAttributesValuesList"]:
                 yield self.by_member[customer["CustomerID"]], "attributes"
+        elif where.endswith("insertorupdatecustomers"):
+            for customer in body["Customers"]:
+                yield self.by_member[customer["CustomerId"]], "customers"
+        elif where.endswith("upsertcustomer"):
+            yield self.by_member[body["CustomerId"]], "customers"
         elif where.endswith("sendtransactionalmail"):
             for recipient in body["Recipients"]:
                 yield self.by_email[recipient["Email"]], f"mail:{body['TemplateID']}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,8 +76,8 @@ ALL_TYPES = (
 # A minimal valid config as text whose lines are fixed: validate-config tests assert line
 # numbers and append sections after line 10.
 VALID_CONFIG = f"""\
-optimove:
-  api_key: ${{OPTIMOVE_API_KEY:-}}
+optimove: {{callback_url: "https://optisync.example.com/v1/optimove/callback",
+  api_key: "${{OPTIMOVE_API_KEY:-}}"}}
 attributes:
   emd:
     opt_in_key: email_opt_in
@@ -345,3 +346,50 @@ class Recorder:
         if callable(answer):
             return answer(request)
         return answer
+
+
+# -- Optimove's verdicts ---------------------------------------------------------------------
+
+
+class CallbackReceiver:
+    """A loopback HTTP listener standing in for ``optisync serve``'s callback route: each
+    POST goes to ``handler(params, body)``; its answers are kept in ``answers``."""
+
+    def __init__(self, handler: Callable[[dict[str, str], bytes], tuple[int, Any]]) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qsl, urlsplit
+
+        receiver = self
+        self.handler = handler
+        self.answers: list[tuple[int, Any]] = []
+
+        class Handle(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                params = dict(parse_qsl(urlsplit(self.path).query))
+                status, answer = receiver.handler(params, body)
+                receiver.answers.append((status, answer))
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handle)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/optimove/callback"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> None:
+        """Until ``count`` callbacks were answered (fails the test after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while len(self.answers) < count:
+            assert time.monotonic() < deadline, f"{len(self.answers)} of {count} callbacks came"
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

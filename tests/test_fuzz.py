@@ -141,6 +141,7 @@ def test_naughty_strings_in_every_string_field(
                 owners = [e.get("customer") for e in [item]] + [
                     c["CustomerID"] for c in item.get("CustomerNewAttributesValuesList", [])
                 ]
+                owners += [c["CustomerId"] for c in item.get("Customers", [])]
                 owners += [r["Email"] for r in item.get("Recipients", [])]
                 for owner in filter(None, owners):
                     by_member.setdefault(owner, []).extend(string_values(item))

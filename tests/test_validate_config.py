@@ -69,7 +69,7 @@ FIFTY_BATCH_ATTRIBUTES = "".join(f"    - {{name: Bt{i}, type: INT}}\n" for i in 
             id="emd_opt_in_key_required",
         ),
         pytest.param(
-            VALID_CONFIG.replace("  api_key:", "  api_url: http://127.0.0.1:9\n  api_kee:"),
+            VALID_CONFIG.replace("  api_key:", '  api_url: "http://127.0.0.1:9",\n  api_kee:'),
             [(3, "optimove.api_kee: unknown key 'api_kee'\n  hint: did you mean 'api_key'?")],
             id="misspelt_key_suggests_the_nearest",
         ),
@@ -143,7 +143,7 @@ FIFTY_BATCH_ATTRIBUTES = "".join(f"    - {{name: Bt{i}, type: INT}}\n" for i in 
             id="event_mode_needs_the_event_mapped",
         ),
         pytest.param(
-            VALID_CONFIG.replace("  api_key: ${OPTIMOVE_API_KEY:-}\n", "  concurrency: 2\n"),
+            VALID_CONFIG.replace('  api_key: "${OPTIMOVE_API_KEY:-}"}', "  concurrency: 2}"),
             [
                 (
                     1,

@@ -37,6 +37,7 @@ from optisync.realtime.journal import Journal, journal_path
 from optisync.realtime.push import Push
 from optisync.realtime.replay import ReplayFilter, replay
 from optisync.realtime.summary import PushSummary, ReplaySummary, RunSummary
+from optisync.realtime.verdicts import Verdicts
 
 __all__ = [
     "ClientFactory",
@@ -86,6 +87,7 @@ def build_client(config: Config) -> OptimoveClient:
         general_limiter=limiters.get("general"),
         transactional_limiter=limiters.get("transactional"),
         events_limiter=limiters.get("events"),
+        callbacks=Verdicts.from_config(config),
     )
 
 

@@ -36,6 +36,7 @@ def check(src: Source, config: Config) -> None:
     check_routing(src, config)
     _locale(src, config)
     _optimove(src, config)
+    _verdicts(src, config)
 
 
 def _raw_names(src: Source, key: str) -> list[tuple[int, str]]:
@@ -363,4 +364,48 @@ def _optimove(src: Source, config: Config) -> None:
             "no api_key: sends will fail",
             severity="warning",
             hint="api_key: ${OPTIMOVE_API_KEY}",
+        )
+
+
+def _verdicts(src: Source, config: Config) -> None:
+    """Customer creation against routing, and whether Optimove's verdicts can be heard."""
+    to_attributes = {
+        kind
+        for rule in config.routing.rules
+        if any(t.partition(":")[0] == "attributes" for t in rule.to)
+        for kind in rule.types
+    }
+    if not to_attributes:
+        return
+    attributes = config.attributes
+    if attributes.create_method == "none":
+        if EventType.MEMBER_REGISTRATION in to_attributes:
+            src.add(
+                ("attributes", "create_method"),
+                "MEMBER_REGISTRATION is routed to attributes but create_method is none:"
+                " Optimove refuses attribute updates of a member it does not know yet",
+                severity="warning",
+                hint="create_method: insert_or_update (or upsert) creates the customer",
+            )
+    else:
+        for kind in attributes.create_on:
+            if kind not in to_attributes:
+                src.add(
+                    ("attributes", "create_on"),
+                    f"{kind.value} creates customers but no rule routes it to attributes,"
+                    " so it creates no one",
+                    severity="warning",
+                    hint=f"add attributes to the targets of the rule for {kind.value}",
+                )
+    if not config.optimove.callback_url and not any(
+        p.key.startswith("optimove") and p.severity == "error" for p in src.problems
+    ):
+        src.add(
+            ("optimove",),
+            "no callback_url: the verdicts on attribute updates are never heard, so rejected"
+            " ones (unknown customer, unknown attribute, bad value) stay invisible and every"
+            " accepted call counts as delivered",
+            severity="warning",
+            hint="set optimove.callback_url to the public URL of optisync serve's"
+            " /v1/optimove/callback",
         )

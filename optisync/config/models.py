@@ -147,6 +147,32 @@ class OptimoveSettings(Strict):
     events_per_request: int = Field(1, ge=1, le=limits.MAX_EVENTS_PER_REQUEST)
     opt_in: OptInSettings = Field(default_factory=OptInSettings)
     state_dir: Path = Path("var/state")
+    callback_url: str | None = Field(
+        None,
+        description="public URL of optisync serve's POST /v1/optimove/callback, where"
+        " Optimove reports its verdict on attribute updates and upserts",
+    )
+    callback_timeout: float = Field(
+        600.0, gt=0, description="seconds to wait for a verdict before a call is overdue"
+    )
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL, e.g. https://optisync.example.com/...")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            # the verdicts name members and attributes; they must not cross the net in clear
+            raise ValueError(
+                f"plain http:// to {parts.hostname}: Optimove's verdicts would travel"
+                " unencrypted; use https:// (http is allowed for loopback hosts only)"
+            )
+        if parts.fragment:
+            raise ValueError("must not hold a #fragment: optisync adds a query string")
+        return value
 
     def secret(self, name: Literal["api_key", "events_token"]) -> str | None:
         """The secret's value, from the config (usually ``${ENV}``) or else its ``*_file``.
@@ -271,6 +297,9 @@ class EmdSettings(Strict):
     map: dict[str, str] = Field(default_factory=dict, description="EMD key -> attribute name")
 
 
+CreateMethod = Literal["insert_or_update", "upsert", "none"]
+
+
 class AttributesSection(Strict):
     realtime: list[Attribute] = Field(default_factory=list)
     batch: list[Attribute] = Field(default_factory=list)
@@ -280,6 +309,19 @@ class AttributesSection(Strict):
         ge=1,
         le=limits.MAX_CUSTOM_ATTRIBUTES,
         description="custom attributes allowed in all",
+    )
+    # A member who registered today is not yet an Optimove customer: an attribute update
+    # for them is refused. The batch endpoint is the default: it is generally available,
+    # packs 1,000 customers per call like attribute updates (a burst of registrations costs
+    # no more of the quota), and takes the same attributes.
+    create_method: CreateMethod = Field(
+        "insert_or_update",
+        description="how the events in create_on create the customer: InsertOrUpdateCustomers,"
+        " UpsertCustomer (one per call, with a verdict), or none (attribute updates only)",
+    )
+    create_on: list[EventType] = Field(
+        default_factory=lambda: [EventType.MEMBER_REGISTRATION],
+        description="events whose attribute part creates the customer",
     )
 
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -39,6 +39,8 @@ from optisync.cards import find_card_numbers, may_hold_card
 from optisync.errors import AuthError, ConfigError
 from optisync.optimove.outcome import (
     ACCEPTED,
+    CALLBACK_FIELDS,
+    PUT_ENDPOINTS,
     Delivery,
     Endpoint,
     Outcome,
@@ -62,6 +64,16 @@ Body = dict[str, Any] | list[Any] | bytes
 
 SIGNATURE_VERSION_HEADER = "X-Optimove-Signature-Version"
 SIGNATURE_CONTENT_HEADER = "X-Optimove-Signature-Content"
+
+
+class Callbacks(Protocol):
+    """Where Optimove should report the verdict on a call, and the record that lets it be
+    matched: ``register`` stores the pending call durably and returns its id and the URL to
+    put in the body; ``discard`` forgets a call that Optimove did not accept."""
+
+    def register(self, endpoint: Endpoint, body: dict[str, Any]) -> tuple[str, str]: ...
+
+    def discard(self, call_id: str) -> None: ...
 
 
 class OptimoveAuthError(AuthError):
@@ -170,6 +182,8 @@ class OptimoveClient:
         clock: monotonic clock for rate limiting and the retry time budget.
         general_limiter, transactional_limiter, events_limiter: override the limiters
             built from ``settings`` (e.g. with one shared between processes).
+        callbacks: when given, every call in ``CALLBACK_FIELDS`` carries a callback URL
+            from it (any URL already in the body is replaced: a replayed body gets its own).
     """
 
     def __init__(
@@ -182,8 +196,10 @@ class OptimoveClient:
         general_limiter: Limiter | None = None,
         transactional_limiter: Limiter | None = None,
         events_limiter: Limiter | None = None,
+        callbacks: Callbacks | None = None,
     ) -> None:
         self._settings = settings
+        self._callbacks = callbacks
         self._sleep = sleep
         self._clock = clock
         self._api_url = settings.api_url.rstrip("/")
@@ -266,7 +282,38 @@ class OptimoveClient:
                 endpoint=route.endpoint.value,
                 body=content,
             )
-        return self._exchange(route, content)
+        # after the card check: the URL's random id and signature are ours, not member data
+        call_id: str | None = None
+        if self._callbacks is not None and route.endpoint in CALLBACK_FIELDS:
+            content, call_id = self._with_callback(route.endpoint, content)
+        try:
+            delivery = self._exchange(route, content)
+        except BaseException:
+            self._discard(call_id)
+            raise
+        if not delivery.ok:
+            # the part becomes a letter of its own; no verdict is awaited for it
+            self._discard(call_id)
+        return delivery
+
+    def _with_callback(self, endpoint: Endpoint, content: bytes) -> tuple[bytes, str | None]:
+        assert self._callbacks is not None
+        try:
+            payload = json.loads(content)
+        except ValueError:
+            return content, None  # Optimove will refuse it; there is nothing to await
+        if not isinstance(payload, dict):
+            return content, None
+        for name in list(payload):
+            if name.lower() == "callbackurl":
+                del payload[name]
+        call_id, url = self._callbacks.register(endpoint, payload)
+        payload[CALLBACK_FIELDS[endpoint]] = url
+        return encode_body(payload), call_id
+
+    def _discard(self, call_id: str | None) -> None:
+        if call_id is not None and self._callbacks is not None:
+            self._callbacks.discard(call_id)
 
     def fetch(
         self, endpoint: Endpoint | str, params: dict[str, str | int] | None = None
@@ -444,7 +491,8 @@ class OptimoveClient:
         transactional = endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL
         if transactional:
             limiter = self._transactional
-        return _Route(endpoint, self._api_url + endpoint.value, limiter, transactional)
+        method = "PUT" if endpoint in PUT_ENDPOINTS else "POST"
+        return _Route(endpoint, self._api_url + endpoint.value, limiter, transactional, method)
 
     def _headers(self, route: _Route, content: bytes) -> dict[str, str]:
         if route.endpoint is Endpoint.EVENTS:

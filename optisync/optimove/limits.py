@@ -29,6 +29,8 @@ TRANSACTIONAL_WINDOW_SECONDS: Final = 1.0
 MAX_CUSTOMERS_PER_CALL: Final = 1000
 #: Attributes of one customer in one UpdateCustomerAttributes call.
 MAX_ATTRIBUTES_PER_CUSTOMER: Final = 10
+#: Customers in one InsertOrUpdateCustomers call (UpsertCustomer takes one).
+MAX_CUSTOMERS_PER_INSERT: Final = 1000
 #: Recipients in one SendTransactionalMail call.
 MAX_RECIPIENTS_PER_CALL: Final = 200
 #: Promotions in one AddPromotions call.

@@ -39,6 +39,9 @@ class Endpoint(StrEnum):
 
     EVENTS = "events"
     UPDATE_CUSTOMER_ATTRIBUTES = "/Customers/UpdateCustomerAttributes"
+    # customer creation (PUT): one customer with its verdict's callback, or up to 1,000
+    UPSERT_CUSTOMER = "/Customers/UpsertCustomer"
+    INSERT_OR_UPDATE_CUSTOMERS = "/Customers/InsertOrUpdateCustomers"
     SEND_TRANSACTIONAL_MAIL = "/TransactionalMail/SendTransactionalMail"
     ADD_PROMOTIONS = "/Integrations/AddPromotions"
     ADD_UNSUBSCRIBERS = "/Optimail/AddUnsubscribers"
@@ -47,6 +50,20 @@ class Endpoint(StrEnum):
     GET_CUSTOMER_ATTRIBUTE_LIST = "/current/model/GetCustomerAttributeList"
     GET_TEMPLATE_DETAILS = "/current/transactionalmail/GetTemplateDetails"
     GET_UNSUBSCRIBERS = "/current/optimail/GetUnsubscribers"
+
+
+#: Calls sent with PUT; every other send is a POST.
+PUT_ENDPOINTS: Final = frozenset({Endpoint.UPSERT_CUSTOMER, Endpoint.INSERT_OR_UPDATE_CUSTOMERS})
+
+#: Calls whose outcome Optimove reports later to a callback URL, and the body field that
+#: carries it (the two endpoints spell it differently).
+CALLBACK_FIELDS: Final = {
+    Endpoint.UPDATE_CUSTOMER_ATTRIBUTES: "CallbackURL",
+    Endpoint.UPSERT_CUSTOMER: "CallbackUrl",
+}
+
+# UpsertCustomer answers input errors in the body of a 2xx, as an ``errors`` array.
+_ERRORS_IN_BODY: Final = ("/customers/upsertcustomer", "/customers/insertorupdatecustomers")
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,15 @@ def is_transactional(response: httpx.Response) -> bool:
     return "/transactionalmail/" in path.lower()
 
 
+def errors_in_body(response: httpx.Response) -> bool:
+    """Whether the request was a customer-creation call (input errors come in a 2xx body)."""
+    try:
+        path = response.request.url.path
+    except RuntimeError:
+        return False
+    return path.lower().endswith(_ERRORS_IN_BODY)
+
+
 def classify(
     response: httpx.Response,
     *,
@@ -114,7 +140,8 @@ def classify(
     * 2xx → ``delivered``, except: a JSON body saying ``IsSuccess: false`` or
       ``status: "error"`` (event gateway validation), or carrying a non-empty ``Error``
       without an ``IsSuccess`` verdict (AddUnsubscribers ``"Invalid email"``) → ``fatal``;
-      transactional 206 → ``partial`` with the text naming the missing tags.
+      transactional 206 → ``partial`` with the text naming the missing tags; a
+      customer-creation call whose body holds a non-empty ``errors`` array → ``fatal``.
     * transactional 409 (repeated UniqueMessageID) → ``duplicate``.
     * 401/403 → ``auth``; 429 → ``rate_limited``; 408 and 5xx → ``transient``.
     * any other status (other 4xx, unexpected 1xx/3xx) → ``fatal``.
@@ -143,6 +170,8 @@ def classify(
                 and payload["Error"].strip()
             ):
                 return Outcome("fatal", status, text)
+            if errors_in_body(response) and _has_errors(payload):
+                return Outcome("fatal", status, text or f"HTTP {status} reported errors")
         if transactional and status == 206:
             return Outcome("partial", status, text)
         return Outcome("delivered", status, None)
@@ -233,6 +262,15 @@ def _json_or_none(response: httpx.Response) -> object:
         return json.loads(response.content)
     except ValueError:  # includes JSONDecodeError and UnicodeDecodeError
         return None
+
+
+def _has_errors(payload: dict[str, object]) -> bool:
+    for key, value in payload.items():
+        if key.lower() == "errors" and isinstance(value, list) and value:
+            return True
+        if key.lower() == "issuccess" and value is False:
+            return True
+    return False
 
 
 def _is_error_status(value: object) -> bool:

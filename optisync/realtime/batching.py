@@ -16,11 +16,12 @@ from typing import Any, Generic, TypeVar
 
 from optisync.optimove.limits import (
     MAX_CUSTOMERS_PER_CALL,
+    MAX_CUSTOMERS_PER_INSERT,
     MAX_PROMOTIONS_PER_CALL,
     MAX_RECIPIENTS_PER_CALL,
 )
 from optisync.optimove.outcome import Endpoint
-from optisync.realtime.plan import Part
+from optisync.realtime.plan import Part, created_customer
 
 M = TypeVar("M")  # whatever the caller tracks each part's message by
 
@@ -30,6 +31,7 @@ CAPS = {
     Endpoint.SEND_TRANSACTIONAL_MAIL: MAX_RECIPIENTS_PER_CALL,
     Endpoint.ADD_PROMOTIONS: MAX_PROMOTIONS_PER_CALL,
     Endpoint.UPDATE_CUSTOMER_ATTRIBUTES: MAX_CUSTOMERS_PER_CALL,
+    Endpoint.INSERT_OR_UPDATE_CUSTOMERS: MAX_CUSTOMERS_PER_INSERT,
 }
 
 
@@ -51,6 +53,8 @@ class Pack(Generic[M]):
             return bodies[0]
         if self.endpoint is Endpoint.UPDATE_CUSTOMER_ATTRIBUTES:
             return pack_attributes(bodies)
+        if self.endpoint is Endpoint.INSERT_OR_UPDATE_CUSTOMERS:
+            return {"Customers": [c for body in bodies for c in body["Customers"]]}
         if self.endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL:
             return pack_transactional(bodies)
         return bodies  # events: an array
@@ -89,6 +93,10 @@ class Batcher(Generic[M]):
         endpoint = part.endpoint
         if endpoint is Endpoint.UPDATE_CUSTOMER_ATTRIBUTES:
             return self._add_attributes(message, part)
+        if endpoint is Endpoint.INSERT_OR_UPDATE_CUSTOMERS:
+            customer = created_customer(part)
+            assert customer is not None
+            return self._add_per_customer("customers", customer, message, part)
         if endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL:
             return self._add_capped(f"email:{part.body['TemplateID']}", message, part)
         if endpoint is Endpoint.ADD_PROMOTIONS:
@@ -114,10 +122,18 @@ class Batcher(Generic[M]):
         return []
 
     def _add_attributes(self, message: M, part: Part) -> list[Pack[M]]:
-        ready: list[Pack[M]] = []
-        key, cap = "attributes", self._cap(part.endpoint)
-        pack = self.pending.setdefault(key, Pack(part.endpoint))
         customer = part.body["CustomerNewAttributesValuesList"][0]["CustomerID"]
+        creating = self.pending.get("customers")
+        ready: list[Pack[M]] = []
+        if creating is not None and customer in creating.customers:
+            # the customer is created before any update of theirs goes out
+            ready.append(self.pending.pop("customers"))
+        return ready + self._add_per_customer("attributes", customer, message, part)
+
+    def _add_per_customer(self, key: str, customer: str, message: M, part: Part) -> list[Pack[M]]:
+        ready: list[Pack[M]] = []
+        cap = self._cap(part.endpoint)
+        pack = self.pending.setdefault(key, Pack(part.endpoint))
         # a customer seen again goes in a later call, keeping its updates in order
         if customer in pack.customers or len(pack.customers) >= cap:
             ready.append(self.pending.pop(key))

@@ -83,6 +83,8 @@ class ErrorClass(StrEnum):
     RATE_LIMITED = "rate_limited"
     FATAL = "fatal"
     AUTH = "auth"
+    # accepted by the API, then refused in Optimove's verdict sent to the callback URL
+    REJECTED = "rejected"
 
 
 class LetterError(BaseModel):

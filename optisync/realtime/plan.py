@@ -134,6 +134,9 @@ class Planner:
         self.realtime = frozenset(a.name for a in config.attributes.realtime)
         self.default_locale = config.locale.default_locale
         self.currency = config.locale.default_currency
+        method = config.attributes.create_method
+        self.create = CREATE_ENDPOINTS.get(method)
+        self.create_on = frozenset(config.attributes.create_on) if self.create else frozenset()
         self._attributes: dict[EventType, list[tuple[str, str, Format]]] = {}
         self._routes: dict[tuple[str, ...], _RoutePlan] = {}
 
@@ -229,22 +232,53 @@ class Planner:
                     values[mapped] = value
         items = [{"RealFieldName": k, "Value": v} for k, v in values.items()]
         # more attributes than Optimove takes for one customer in one call: several parts
-        return [
+        chunks = [
+            items[i : i + MAX_ATTRIBUTES_PER_CUSTOMER]
+            for i in range(0, len(items), MAX_ATTRIBUTES_PER_CUSTOMER)
+        ]
+        parts = []
+        if self.create is not None and envelope.type in self.create_on:
+            # the member may not exist in Optimove yet: the first part creates them, with
+            # attributes or without; the rest update the customer it created
+            parts.append(create_part(self.create, envelope.member_id, chunks[0] if chunks else []))
+            chunks = chunks[1:]
+        parts.extend(
             Part(
                 Kind.ATTRIBUTES,
                 Endpoint.UPDATE_CUSTOMER_ATTRIBUTES,
                 {
                     "CustomerNewAttributesValuesList": [
-                        {
-                            "CustomerID": envelope.member_id,
-                            "Attributes": items[i : i + MAX_ATTRIBUTES_PER_CUSTOMER],
-                        }
+                        {"CustomerID": envelope.member_id, "Attributes": chunk}
                     ]
                 },
                 "attributes",
             )
-            for i in range(0, len(items), MAX_ATTRIBUTES_PER_CUSTOMER)
-        ]
+            for chunk in chunks
+        )
+        return parts
+
+
+CREATE_ENDPOINTS = {
+    "insert_or_update": Endpoint.INSERT_OR_UPDATE_CUSTOMERS,
+    "upsert": Endpoint.UPSERT_CUSTOMER,
+}
+
+
+def create_part(endpoint: Endpoint, member_id: str, items: list[dict[str, Any]]) -> Part:
+    """The part that creates (or updates) one customer with these attributes."""
+    customer = {"CustomerId": member_id, "Attributes": items}
+    if endpoint is Endpoint.INSERT_OR_UPDATE_CUSTOMERS:
+        return Part(Kind.ATTRIBUTES, endpoint, {"Customers": [customer]}, "attributes")
+    return Part(Kind.ATTRIBUTES, endpoint, customer, "attributes")
+
+
+def created_customer(part: Part) -> str | None:
+    """The customer a creation part creates, or None for any other part."""
+    if part.endpoint is Endpoint.INSERT_OR_UPDATE_CUSTOMERS:
+        return str(part.body["Customers"][0]["CustomerId"])
+    if part.endpoint is Endpoint.UPSERT_CUSTOMER:
+        return str(part.body["CustomerId"])
+    return None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,10 @@ Paths are case-insensitive and may carry a ``/current`` prefix; JSON in and out.
 
 =====================================================  ======================================
 ``POST /reportEvent``                                  one event or an array of <= 50
-``POST /Customers/UpdateCustomerAttributes``           <= 1,000 customers x 10 attrs -> 202
+``POST /Customers/UpdateCustomerAttributes``           <= 1,000 customers x 10 attrs -> 202,
+                                                       then the verdict to its CallbackURL
+``PUT /Customers/UpsertCustomer``                      one customer, created; errors in body
+``PUT /Customers/InsertOrUpdateCustomers``             <= 1,000 customers, created -> 202
 ``POST /TransactionalMail/SendTransactionalMail``      200 / 206 / 409 / "Invalid template"
 ``POST /Integrations/AddPromotions``, ``DeletePromotions``, ``GET GetPromotions``
 ``POST /Optimail/AddUnsubscribers``, ``DeleteUnsubscribers``, ``GET GetUnsubscribers``

@@ -51,7 +51,15 @@ from optisync.errors import StorageError
 from optisync.sandbox import validation as v
 from optisync.sandbox.catalog import Catalog
 
-KINDS = ("events", "attributes", "transactional", "promotions", "unsubscribe", "resubscribe")
+KINDS = (
+    "events",
+    "attributes",
+    "transactional",
+    "promotions",
+    "unsubscribe",
+    "resubscribe",
+    "customers",
+)
 """Kinds of accepted (recorded) requests, as returned in ``received()`` records."""
 
 RATE_LIMIT_BODY = {
@@ -144,6 +152,10 @@ class SandboxConfig:
     allow_remote: bool = False
     socket_timeout: float = 30.0  # seconds a connection may sit idle or trickle bytes
     max_connections: int = 256  # open connections at once; more are answered 503 and closed
+    # Customers that exist before any is created (UpsertCustomer, InsertOrUpdateCustomers);
+    # the verdict on an attribute update names every other one INVALID_CUSTOMER.
+    customers: frozenset[str] = frozenset()
+    callback_delay: float = 0.05  # seconds between an attribute update and its verdict
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, str) or not self.api_key:
@@ -236,6 +248,8 @@ class Route:
 ROUTES: dict[str, Route] = {
     "/reportevent": Route("POST", "report_event", "events"),
     "/customers/updatecustomerattributes": Route("POST", "update_attributes", "general"),
+    "/customers/upsertcustomer": Route("PUT", "upsert_customer", "general"),
+    "/customers/insertorupdatecustomers": Route("PUT", "insert_or_update", "general"),
     "/transactionalmail/sendtransactionalmail": Route("POST", "transactional", "transactional"),
     "/integrations/addpromotions": Route("POST", "add_promotions", "general"),
     "/integrations/getpromotions": Route("GET", "get_promotions", "general"),
@@ -271,6 +285,9 @@ STAT_KEYS = (
     "forbidden_403",
     "not_found_404",
     "method_not_allowed_405",
+    "callbacks_sent",
+    "callbacks_failed",
+    "callbacks_refused",
 )
 
 
@@ -324,6 +341,7 @@ class SandboxState:
         self._promotions: dict[str, dict[str, str]] = {}
         self._unsubscribers: dict[tuple[int, str], dict[str, str]] = {}
         self._send_ids = itertools.count(1)
+        self._customers: set[str] = set(self.config.customers)
 
     def _set_faults(self, faults: Faults) -> None:
         self._faults = faults
@@ -408,7 +426,7 @@ class SandboxState:
             return self._count(_json(429, RATE_LIMIT_BODY), "rate_limited_429")
 
         body: Any = None
-        if method == "POST":
+        if method in ("POST", "PUT"):
             try:
                 body = parse_json(raw)
             except BadJSONError as exc:
@@ -539,7 +557,86 @@ class SandboxState:
         request_id = str(uuid.uuid4())
         with self._lock:
             self._record("attributes", path, body, request_id=request_id)
+            callback = body.get("CallbackURL")
+            if callback:
+                errors = [
+                    error
+                    for entry in body["CustomerNewAttributesValuesList"]
+                    for error in self._refusals(str(entry["CustomerID"]), entry["Attributes"])
+                ]
+        if callback:
+            self._send_verdict(callback, request_id, errors)
         return _json(202, {"requestId": request_id})
+
+    def _refusals(
+        self, customer: str, attributes: list[dict[str, Any]], *, creating: bool = False
+    ) -> list[dict[str, str]]:
+        """What Optimove's verdict says of one customer's update (lock held): unknown
+        customers and attributes the account lacks (when the catalog lists them)."""
+        errors = []
+        known = self.config.catalog.attributes if self.config.catalog else None
+        for attribute in attributes:
+            name = str(attribute["RealFieldName"])
+            if not creating and customer not in self._customers:
+                error = "INVALID_CUSTOMER"
+            elif known is not None and name not in known:
+                error = "INVALID_FIELD"
+            else:
+                continue
+            errors.append({"error": error, "customerId": customer, "realFieldName": name})
+        return errors
+
+    def _send_verdict(self, url: str, request_id: str, errors: list[dict[str, str]]) -> None:
+        """POST the verdict to the call's callback URL a little later, as Optimove does."""
+        from optisync.config.models import is_loopback_host
+
+        host = urlsplit(url).hostname
+        if not self.config.allow_remote and not is_loopback_host(host):
+            # the verdict names members: it goes to other machines only when asked for
+            self._count(Reply(0), "callbacks_refused")
+            return
+        verdict: dict[str, Any] = {"isSuccess": not errors, "requestId": request_id}
+        if errors:
+            verdict["errors"] = errors
+        timer = threading.Timer(self.config.callback_delay, self._post_verdict, (url, verdict))
+        timer.daemon = True
+        timer.start()
+
+    def _post_verdict(self, url: str, verdict: dict[str, Any]) -> None:
+        import httpx
+
+        try:
+            response = httpx.post(url, json=verdict, timeout=10.0, trust_env=False)
+            ok = response.is_success
+        except httpx.HTTPError:
+            ok = False
+        self._count(Reply(0), "callbacks_sent" if ok else "callbacks_failed")
+
+    def _do_upsert_customer(self, path: str, query: str, body: Any) -> Reply:
+        problem = v.check_upsert_customer(body)
+        if problem:
+            return self._count(_json(400, {"errors": [{"error": problem}]}), "bad_request_400")
+        customer = str(body["CustomerId"])
+        request_id = str(uuid.uuid4())
+        with self._lock:
+            errors = self._refusals(customer, body.get("Attributes") or [], creating=True)
+            self._customers.add(customer)
+            self._record("customers", path, body, request_id=request_id)
+        callback = body.get("CallbackUrl")
+        if callback:
+            self._send_verdict(callback, request_id, errors)
+        if errors:
+            return _json(200, {"requestId": request_id, "errors": errors})
+        return _json(200, {"requestId": request_id})
+
+    def _do_insert_or_update(self, path: str, query: str, body: Any) -> Reply:
+        problem = v.check_insert_or_update(body, self.config.enforce_limits)
+        if problem:
+            return self._count(_text(400, problem), "bad_request_400")
+        with self._lock:
+            self._customers.update(str(c["CustomerId"]) for c in body["Customers"])
+            self._record("customers", path, body)
+        return Reply(202)
 
     def _do_transactional(self, path: str, query: str, body: Any) -> Reply:
         problem = v.check_transactional(body, self.config.enforce_limits)

@@ -267,3 +267,50 @@ def check_delete_unsubscriber(body: object) -> str | None:
     if not is_email(body.get("EmailAddress")):
         return "Invalid email"
     return None
+
+
+MAX_CUSTOMERS_PER_INSERT = 1_000
+
+
+def _check_customer(customer: object, where: str, id_key: str) -> str | None:
+    if not isinstance(customer, dict):
+        return f"{where} must be an object"
+    if not _nonempty_str(customer.get(id_key)):
+        return f"{where}.{id_key} must be a non-empty string"
+    attributes = customer.get("Attributes", [])
+    if attributes is None:
+        return None
+    if not isinstance(attributes, list):
+        return f"{where}.Attributes must be an array"
+    for attribute in attributes:
+        if not isinstance(attribute, dict) or not _nonempty_str(attribute.get("RealFieldName")):
+            return f"{where}: every attribute needs a RealFieldName"
+        if isinstance(attribute.get("Value"), dict | list):
+            return f"{where}: attribute {attribute['RealFieldName']!r} must be a scalar"
+    return None
+
+
+def check_upsert_customer(body: object) -> str | None:
+    """Validate an UpsertCustomer body: one customer, its attributes, a callback URL."""
+    if not isinstance(body, dict):
+        return "body must be a JSON object"
+    callback = body.get("CallbackUrl")
+    if callback is not None and not isinstance(callback, str):
+        return "CallbackUrl must be a string"
+    return _check_customer(body, "body", "CustomerId")
+
+
+def check_insert_or_update(body: object, enforce_limits: bool) -> str | None:
+    """Validate an InsertOrUpdateCustomers body: 1 to 1,000 customers."""
+    if not isinstance(body, dict):
+        return "body must be a JSON object"
+    customers = body.get("Customers")
+    if not isinstance(customers, list) or not customers:
+        return "Customers must be a non-empty array"
+    if enforce_limits and len(customers) > MAX_CUSTOMERS_PER_INSERT:
+        return f"too many customers: {len(customers)} (max {MAX_CUSTOMERS_PER_INSERT})"
+    for index, customer in enumerate(customers):
+        problem = _check_customer(customer, f"Customers[{index}]", "CustomerId")
+        if problem:
+            return problem
+    return None
