@@ -17,6 +17,7 @@ manifest are removed by the next run (its state did not advance, so it exports t
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
@@ -44,9 +45,12 @@ CSV_OPTIONS = (
 # ISA-L's level 1: several times zlib's speed, a few per cent larger; standard gzip.
 GZIP_LEVEL = 1
 CHUNK = 1 << 20
-# A part's uncompressed CSV is cut past this share of max_file_mb (DuckDB cuts after the
-# chunk that crosses it); gzip never grows CSV text, so the file stays below the maximum.
+# A part holds at most this share of max_file_mb of uncompressed CSV; gzip never grows
+# CSV text, so the file stays below the maximum.
 RAW_SHARE = 0.9
+# DuckDB cuts its CSV into pieces of about this size (after the chunk that crosses it). It
+# holds about a piece per thread in memory: 1 MB fits the export's budget (memory.py).
+PIECE_BYTES = 1 << 20
 ROW_GROUP_BYTES = "4MB"  # Parquet output: the most one row group holds before it is written
 
 Kind = Literal["rows", "deletes"]
@@ -117,7 +121,8 @@ class FileWriter:
         self.run_id = run_id
         self.fmt = fmt
         self.max_bytes = max_file_mb * 1024 * 1024
-        self.raw_bytes = max(64 * 1024, int(self.max_bytes * RAW_SHARE))
+        self.raw_bytes = int(self.max_bytes * RAW_SHARE)
+        self.piece_bytes = max(64 * 1024, min(PIECE_BYTES, self.raw_bytes // 4))
         self.suffix = ".csv.gz" if fmt == "csv" else ".parquet"
 
     @classmethod
@@ -179,40 +184,46 @@ class FileWriter:
         folder.mkdir(parents=True, exist_ok=True)
         if self.fmt == "parquet":
             return self._stage_parquet(con, folder, dataset, kind, select_sql)
-        # DuckDB formats the CSV and cuts it into parts at row boundaries (it knows where
-        # a quoted field ends; Python never scans the rows); isal then gzips the parts in
-        # parallel, hashing each as it writes it.
-        pattern = f"{TMP_PREFIX}{self.run_id}-{kind}-raw-{{i}}"
-        raws: list[Path] = []
+        # DuckDB formats the CSV in small pieces, each whole records with the header (it
+        # knows where a quoted field ends: Python never scans the rows). Consecutive pieces
+        # make a part, headers but the first dropped, gzipped by isal, parts in parallel.
+        # Small pieces because DuckDB holds about a piece per thread in memory.
+        pattern = f"{TMP_PREFIX}{self.run_id}-{kind}-piece-{{i}}"
+        pieces: list[Path] = []
         try:
             row = con.execute(
                 f"COPY ({select_sql}) TO '{_sql_str(folder)}' ({CSV_OPTIONS},"
-                f" FILE_SIZE_BYTES {self.raw_bytes}, OVERWRITE_OR_IGNORE,"
+                f" FILE_SIZE_BYTES {self.piece_bytes}, OVERWRITE_OR_IGNORE,"
                 f" FILENAME_PATTERN '{pattern}', FILE_EXTENSION 'csv', RETURN_FILES)"
             ).fetchone()
             count, files = (int(row[0]), list(row[1])) if row else (0, [])
-            raws = sorted((Path(f) for f in files), key=_part_number)
-            if not raws:  # nothing to export: still a file, holding the header
-                raws = [folder / f"{TMP_PREFIX}{self.run_id}-{kind}-raw-0.csv"]
-                con.execute(f"COPY ({select_sql}) TO '{_sql_str(raws[0])}' ({CSV_OPTIONS})")
-            rows = [count] if len(raws) == 1 else self._count_csv(con, raws)
+            pieces = sorted((Path(f) for f in files), key=_part_number)
+            if not pieces:  # nothing to export: still a file, holding the header
+                pieces = [folder / f"{TMP_PREFIX}{self.run_id}-{kind}-piece-0.csv"]
+                con.execute(f"COPY ({select_sql}) TO '{_sql_str(pieces[0])}' ({CSV_OPTIONS})")
+            parts = self._group(pieces)
+            if len(parts) == 1:
+                rows = [count]
+            else:
+                counted = _count_pieces(con, pieces)
+                rows = [sum(counted.get(p, 0) for p in part) for part in parts]
             gz = [
                 folder / f"{TMP_PREFIX}{self.run_id}-{kind}-{n}.csv.gz"
-                for n in range(1, len(raws) + 1)
+                for n in range(1, len(parts) + 1)
             ]
             with ThreadPoolExecutor(
-                max_workers=max(1, min(len(raws), os.cpu_count() or 1))
+                max_workers=max(1, min(len(parts), os.cpu_count() or 1))
             ) as pool:
-                digests = list(pool.map(_gzip_file, raws, gz))
+                digests = list(pool.map(_gzip_part, parts, gz))
         except (duckdb.IOException, OSError) as exc:
             raise StorageError(
                 f"cannot write {folder}: {exc}", hint="check batch.output.dir"
             ) from exc
         finally:
-            for raw in raws:
+            for piece in pieces:
                 with contextlib.suppress(OSError):
-                    raw.unlink()
-        if sum(rows) != count:  # a part was misread: never publish that
+                    piece.unlink()
+        if sum(rows) != count:  # a piece was misread: never publish that
             raise RuntimeError(f"{dataset}: counted {sum(rows)} rows but DuckDB exported {count}")
         staged = [
             StagedFile(dataset, kind, path, n, digest)
@@ -220,10 +231,18 @@ class FileWriter:
         ]
         return count, staged
 
-    def _count_csv(self, con: duckdb.DuckDBPyConnection, raws: list[Path]) -> list[int]:
-        """Rows per part, counted by DuckDB's CSV reader (quoted newlines included)."""
-        counted = self._count_rows(con, raws)
-        return [counted.get(p, 0) for p in raws]
+    def _group(self, pieces: list[Path]) -> list[list[Path]]:
+        """Consecutive pieces into parts of at most ``raw_bytes`` of CSV (one piece at least)."""
+        parts: list[list[Path]] = []
+        size = 0
+        for piece in pieces:
+            n = piece.stat().st_size
+            if not parts or size + n > self.raw_bytes:
+                parts.append([])
+                size = 0
+            parts[-1].append(piece)
+            size += n
+        return parts
 
     def _stage_parquet(
         self,
@@ -337,22 +356,50 @@ def _sql_str(path: Path) -> str:
     return str(path).replace("'", "''")
 
 
+def _count_pieces(con: duckdb.DuckDBPyConnection, pieces: list[Path]) -> dict[Path, int]:
+    """Rows per piece, counted by DuckDB's CSV reader (quoted newlines included).
+
+    The columns are given, not detected: detecting them again for every piece would
+    cost more than reading it.
+    """
+    with pieces[0].open(encoding="utf-8", newline="") as fh:
+        width = len(next(csv.reader(fh)))  # the header line only
+    columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(width))
+    listing = ", ".join("'" + _sql_str(p) + "'" for p in pieces)
+    sql = (
+        f"SELECT filename, count(*) FROM read_csv([{listing}], header = true,"
+        f" auto_detect = false, columns = {{{columns}}}, filename = true, delim = ',',"
+        f" quote = '\"', escape = '\"') GROUP BY filename"
+    )
+    return {Path(str(r[0])): int(r[1]) for r in con.execute(sql).fetchall()}
+
+
 def _part_number(path: Path) -> int:
     return int(path.stem.rsplit("-", 1)[1].split(".")[0])
 
 
-def _gzip_file(raw: Path, target: Path) -> str:
-    """Gzip ``raw`` into ``target`` (fsynced); the sha256 of what was written."""
+def _gzip_part(pieces: list[Path], target: Path) -> str:
+    """Gzip the pieces, as one CSV with the first one's header, into ``target`` (fsynced);
+    the sha256 of what was written."""
     sha = hashlib.sha256()
     z = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31)  # 31: a gzip container
-    with raw.open("rb") as src, target.open("wb") as out:
-        while chunk := src.read(CHUNK):
-            data = z.compress(chunk)
+    header = b""
+    with target.open("wb") as out:
+
+        def put(data: bytes) -> None:
             sha.update(data)
             out.write(data)
-        data = z.flush()
-        sha.update(data)
-        out.write(data)
+
+        for i, piece in enumerate(pieces):
+            with piece.open("rb") as src:
+                if i == 0:
+                    header = src.readline()
+                    put(z.compress(header))
+                elif src.read(len(header)) != header:  # every piece starts with it
+                    raise RuntimeError(f"{piece.name} does not start with the header")
+                while chunk := src.read(CHUNK):
+                    put(z.compress(chunk))
+        put(z.flush())
         out.flush()
         os.fsync(out.fileno())
     return sha.hexdigest()
