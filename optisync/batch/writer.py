@@ -42,7 +42,8 @@ CSV_OPTIONS = (
     "FORMAT csv, HEADER, DELIMITER ',', QUOTE '\"', NULLSTR '', DATEFORMAT '%Y-%m-%d',"
     " TIMESTAMPFORMAT '%Y-%m-%d %H:%M:%S'"
 )
-# ISA-L's level 1: several times zlib's speed, a few per cent larger; standard gzip.
+# ISA-L's level 1: several times zlib's speed, files about 16 % larger than zlib's level 6
+# on member data; standard gzip.
 GZIP_LEVEL = 1
 CHUNK = 1 << 20
 # A part holds at most this share of max_file_mb of uncompressed CSV; gzip never grows
