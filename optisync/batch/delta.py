@@ -30,9 +30,11 @@ from optisync.cards import mask_text
 __all__ = [
     "Delta",
     "HeldRow",
+    "KeyCheck",
     "Runner",
     "all_rows",
     "changed_rows",
+    "check_keys",
     "compare",
     "find_held",
     "full_reason",
@@ -96,9 +98,13 @@ def compare(plan: Plan, new: str, old: str, take: str, *, held_column: bool = Fa
     """
     old_keys = ", ".join(f"s.{quote(f'_k{i}')} AS {quote(f'_s{i}')}" for i in range(len(plan.key)))
     held = ", FALSE AS _held" if held_column else ""
+    # a NULL key in the state (written before keys were checked) matches nothing: never
+    # compared, so never reported gone; next_state drops it
+    known = " AND ".join(f"{k} IS NOT NULL" for k in plan.key_cols())
     return (
         f"SELECT {take}, {old_keys}, t._fp IS NULL AS _gone{held}"
-        f" FROM {new} t FULL OUTER JOIN {old} s ON {join_on(plan, 't', 's')}"
+        f" FROM {new} t FULL OUTER JOIN (SELECT * FROM {old} o WHERE {known}) s"
+        f" ON {join_on(plan, 't', 's')}"
         " WHERE t._fp IS DISTINCT FROM s._fp"
     )
 
@@ -143,18 +149,94 @@ def find_held(con: Runner, plan: Plan, from_sql: str) -> list[HeldRow]:
     cond = " OR ".join(
         plan.dialect.card_candidate(f"CAST({quote(c.name)} AS VARCHAR)") for c in guards
     )
+    return _fetch_masked(con, plan, f"SELECT * FROM {from_sql} WHERE {cond}", every=False)
+
+
+def _fetch_masked(con: Runner, plan: Plan, sql: str, *, every: bool) -> list[HeldRow]:
+    """The rows of ``sql`` (typed columns) as held rows, masked: every one, or those a
+    card number was masked in."""
     keys = ", ".join(plan.key_cols())
     values = ", ".join(f"CAST({quote(n)} AS VARCHAR)" for n in plan.out_names)
-    cursor = con.execute(f"SELECT {keys}, {values} FROM {from_sql} WHERE {cond}")
+    cursor = con.execute(f"SELECT {keys}, {values} FROM ({sql}) r")
     nk = len(plan.key)
     held: list[HeldRow] = []
     while batch := cursor.fetchmany(FETCH_HELD):
         for row in batch:
             texts = list(row[nk:])
             masked = [mask_text(v) if isinstance(v, str) else v for v in texts]
-            if masked != texts:
+            if every or masked != texts:
                 held.append((list(row[:nk]), masked))
     return held
+
+
+@dataclass(frozen=True)
+class KeyCheck:
+    """The keys of a dataset's source that identify no single row: NULL in a key column,
+    or shared by several rows. Their rows are held back like card-number rows: compared
+    and exported by neither side, so the state keeps what it had for them (no deletion)."""
+
+    plan: Plan
+    table: str  # the bad keys (``_k..``) and their row counts (``_n``)
+    null_rows: int = 0
+    duplicate_rows: int = 0
+    duplicate_keys: int = 0
+
+    @property
+    def rows(self) -> int:
+        return self.null_rows + self.duplicate_rows
+
+    def keeps(self, alias: str) -> str:
+        """A condition on ``alias`` (with ``_k..``): its key is not a bad one."""
+        if not self.rows:
+            return "TRUE"
+        on = join_on(self.plan, alias, "x", op="IS NOT DISTINCT FROM")
+        return f"NOT EXISTS (SELECT 1 FROM {self.table} x WHERE {on})"
+
+    def only(self, relation: str) -> str:
+        """The rows of ``relation`` (typed, with ``_k..``) whose key is a bad one."""
+        on = join_on(self.plan, "t", "x", op="IS NOT DISTINCT FROM")
+        return (
+            f"SELECT t.* FROM {relation} t WHERE EXISTS (SELECT 1 FROM {self.table} x WHERE {on})"
+        )
+
+    def held(self, con: Runner, relation: str) -> list[HeldRow]:
+        """The rows of the bad keys in ``relation``, masked, for the quarantine."""
+        if not self.rows:
+            return []
+        return _fetch_masked(con, self.plan, self.only(relation), every=True)
+
+    def describe(self) -> str:
+        """What is wrong, by key name and count (empty when nothing is)."""
+        names = ", ".join(self.plan.key)
+        parts = []
+        if self.null_rows:
+            parts.append(f"{self.null_rows} row(s) with a NULL key ({names})")
+        if self.duplicate_rows:
+            parts.append(
+                f"{self.duplicate_rows} row(s) sharing {self.duplicate_keys} duplicated key(s)"
+                f" ({names})"
+            )
+        return " and ".join(parts)
+
+
+def check_keys(con: Runner, plan: Plan) -> KeyCheck:
+    """Find the source's NULL and duplicated keys, into a temporary table (one GROUP BY)."""
+    table = quote(f"optisync_badkeys_{plan.dataset}")
+    ks = plan.key_cols()
+    texts = ", ".join(f"{t} AS {k}" for t, k in zip(plan.key_texts(), ks, strict=True))
+    null = " OR ".join(f"{k} IS NULL" for k in ks)
+    con.execute(
+        f"CREATE OR REPLACE TEMPORARY TABLE {table} AS SELECT {', '.join(ks)}, COUNT(*) AS _n"
+        f" FROM (SELECT {texts} FROM ({plan.base_sql}) b) k GROUP BY {', '.join(ks)}"
+        f" HAVING COUNT(*) > 1 OR {null}"
+    )
+    row = con.execute(
+        f"SELECT COALESCE(SUM(CASE WHEN {null} THEN _n ELSE 0 END), 0),"
+        f" COALESCE(SUM(CASE WHEN {null} THEN 0 ELSE _n END), 0),"
+        f" COUNT(CASE WHEN {null} THEN NULL ELSE 1 END) FROM {table}"
+    ).fetchone()
+    nulls, dups, keys = (int(v) for v in row) if row else (0, 0, 0)
+    return KeyCheck(plan, table, nulls, dups, keys)
 
 
 def held_keys(con: Runner, plan: Plan, held: list[HeldRow]) -> str:
@@ -170,7 +252,8 @@ def held_keys(con: Runner, plan: Plan, held: list[HeldRow]) -> str:
 
 def without(plan: Plan, alias: str, keys_table: str) -> str:
     """A condition on ``alias``: its key is not among ``keys_table``'s."""
-    return f"NOT EXISTS (SELECT 1 FROM {keys_table} h WHERE {join_on(plan, alias, 'h')})"
+    on = join_on(plan, alias, "h", op="IS NOT DISTINCT FROM")  # a held key may be NULL
+    return f"NOT EXISTS (SELECT 1 FROM {keys_table} h WHERE {on})"
 
 
 @dataclass(frozen=True)
@@ -227,8 +310,9 @@ class Delta:
     def next_state(self, old: str) -> str:
         """The whole next state: the old one minus what this delta replaces, plus its rows."""
         keys_fp = ", ".join([*self.plan.key_cols(), "_fp"])
+        known = " AND ".join(f"s.{k} IS NOT NULL" for k in self.plan.key_cols())
         return (
-            f"SELECT {keys_fp} FROM {old} s WHERE NOT {self.replaced('s')}"
+            f"SELECT {keys_fp} FROM {old} s WHERE {known} AND NOT {self.replaced('s')}"
             f" UNION ALL {self.new_state()}"
         )
 

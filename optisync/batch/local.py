@@ -25,7 +25,9 @@ from optisync import __version__
 from optisync.batch.delta import (
     Delta,
     HeldRow,
+    KeyCheck,
     changed_rows,
+    check_keys,
     compare,
     find_held,
     full_reason,
@@ -140,6 +142,7 @@ class Selection:
     held: list[HeldRow]
     rows_step: Step
     state_step: Step
+    keys: KeyCheck | None = None
     deletions: int = 0
 
 
@@ -187,6 +190,8 @@ class LocalExport:
         chosen = self._select_all(plan) if result.mode == "full" else self._select_delta(plan)
         result.held = len(chosen.held)
         result.deletions = chosen.deletions
+        if chosen.keys is not None:
+            result.key_problems(chosen.keys, self.summary)
         result.watermark = self._watermark(plan)
         if self.writer is None or self.target is not None:  # dry run, or to Snowflake: count
             sql = f"SELECT count(*) FROM ({chosen.rows})"
@@ -217,7 +222,10 @@ class LocalExport:
         typed = quote("typed_" + plan.dataset)
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW {typed} AS {plan.typed_sql()}")
         reading = self._reading(plan)
-        held = self.budget.run(reading, lambda: find_held(self.con, plan, typed))
+        check = self.budget.run("work", lambda: check_keys(self.con, plan))
+        held = self.budget.run(reading, lambda: check.held(self.con, typed))
+        keep = f"(SELECT * FROM {typed} t WHERE {check.keeps('t')})"
+        held += self.budget.run(reading, lambda: find_held(self.con, plan, keep))
         clean = f"SELECT * FROM {typed} t"
         if held:
             clean += f" WHERE {without(plan, 't', held_keys(self.con, plan, held))}"
@@ -230,9 +238,10 @@ class LocalExport:
             held=held,
             rows_step=reading,
             state_step=reading,
+            keys=check,
         )
 
-    def _compare(self, plan: Plan, changes: str) -> None:
+    def _compare(self, plan: Plan, changes: str, check: KeyCheck) -> None:
         """Which keys are new, changed or gone, into the table ``changes``.
 
         A hash join of keys and fingerprints only, which DuckDB spills to disk past its
@@ -250,11 +259,11 @@ class LocalExport:
             t_in = s_in = None
             if n > 1:
                 t_in = f"hash({', '.join(plan.key_texts())}) % {n} = {part}"
-                s_in = f" WHERE hash({', '.join(plan.key_cols())}) % {n} = {part}"
+                s_in = f"hash({', '.join(plan.key_cols())}) % {n} = {part}"
             select = compare(
                 plan,
-                f"(SELECT {keys_fp} FROM ({plan.typed_sql(t_in)}))",
-                f"(SELECT {keys_fp} FROM {old}{s_in or ''})",
+                f"(SELECT {keys_fp} FROM ({plan.typed_sql(t_in)}) t WHERE {check.keeps('t')})",
+                f"(SELECT {keys_fp} FROM {old} s WHERE {s_in or 'TRUE'} AND {check.keeps('s')})",
                 take,
             )
             sql = (
@@ -268,7 +277,8 @@ class LocalExport:
         """An incremental export: the delta table, its held rows marked."""
         delta = Delta(plan, quote("delta_" + plan.dataset))
         changes = quote("changes_" + plan.dataset)
-        self._compare(plan, changes)
+        check = self.budget.run("work", lambda: check_keys(self.con, plan))
+        self._compare(plan, changes, check)
         sql = f"CREATE OR REPLACE TEMP TABLE {delta.table} AS {changed_rows(plan, changes)}"
         self.budget.run("work", lambda: self.con.execute(sql))
         self.con.execute(f"DROP TABLE {changes}")
@@ -276,6 +286,8 @@ class LocalExport:
         if held:
             mark = delta.mark_held(held_keys(self.con, plan, held))
             self.budget.run("work", lambda: self.con.execute(mark))
+        typed = f"({plan.typed_sql()})"
+        held = self.budget.run(self._reading(plan), lambda: check.held(self.con, typed)) + held
         deletions = 0
         if plan.emit_deletes:
             deletions = int((self.con.execute(delta.gone()).fetchone() or (0,))[0])
@@ -286,6 +298,7 @@ class LocalExport:
             held=held,
             rows_step="stream",
             state_step="work",  # the old state minus what the delta replaces, plus its rows
+            keys=check,
             deletions=deletions,
         )
 

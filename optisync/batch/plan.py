@@ -39,6 +39,12 @@ CARD_PATTERN = "[0-9](?:(?: +|-)?[0-9]){12}"
 # Anything outside printable ASCII may be a digit or a space once cards.py normalises it
 # (full-width digits, no-break spaces): such text always goes to the exact check.
 NOT_PRINTABLE_ASCII = "[^ -~]"
+# ... unless it holds fewer than 13 characters that may read as a digit. cards.py reads a
+# Unicode decimal digit (Nd) as a digit; counting every character that is no letter, mark,
+# punctuation, symbol, separator or non-decimal number also counts characters this regex
+# engine's Unicode tables do not know, so a newer digit is never missed. Text like
+# "Montréal" then stays out of the exact check, which Python runs row by row.
+MAY_HOLD_13_DIGITS = r"(?s)(?:[^\p{L}\p{M}\p{P}\p{S}\p{Z}\p{No}\p{Nl}].*){13}"
 LAST_UPDATED = "LastUpdated"
 CURRENCY = "Currency"
 
@@ -69,7 +75,8 @@ class Dialect:
         """True where ``text`` (a VARCHAR) may hold a card number; the exact check is Python's."""
         return (
             f"(length({text}) >= 13 AND (regexp_matches({text}, '{CARD_PATTERN}')"
-            f" OR regexp_matches({text}, '{NOT_PRINTABLE_ASCII}')))"
+            f" OR (regexp_matches({text}, '{NOT_PRINTABLE_ASCII}')"
+            f" AND regexp_matches({text}, '{MAY_HOLD_13_DIGITS}'))))"
         )
 
     def float_decimal(self, expr: str) -> str:

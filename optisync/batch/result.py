@@ -27,6 +27,14 @@ class DatasetResult:
     quarantine: str | None = None
     watermark: str | None = None
     tables: list[str] = field(default_factory=list)  # Snowflake target: tables written
+    null_keys: int = 0  # rows held back: a key column is NULL
+    duplicate_keys: int = 0  # rows held back: their key is shared with another row
+
+    def key_problems(self, check: Any, summary: BatchSummary) -> None:
+        """Record a key check's findings (a ``delta.KeyCheck``) and warn about them."""
+        self.null_keys, self.duplicate_keys = check.null_rows, check.duplicate_rows
+        if check.rows:
+            summary.warnings.append(f"dataset {self.name}: {check.describe()}; held back")
 
     def as_dict(self, root: Path | None) -> dict[str, Any]:
         return {
@@ -39,6 +47,8 @@ class DatasetResult:
             "quarantine": self.quarantine,
             "watermark": self.watermark,
             "tables": self.tables,
+            "null_keys": self.null_keys,
+            "duplicate_keys": self.duplicate_keys,
         }
 
 
@@ -120,7 +130,8 @@ def raise_for_batch(summary: BatchSummary) -> None:
             or "(dry run: nothing written)"
         )
         raise InvalidInputError(
-            f"{summary.held} row(s) held back: a value looks like a card number;"
-            f" masked copies in {where}",
-            hint="remove card numbers at the source; the rows are exported once clean",
+            f"{summary.held} row(s) held back: a value looks like a card number, or the"
+            f" row's key is NULL or duplicated; masked copies in {where}",
+            hint="remove card numbers and fix the keys at the source; the rows are exported"
+            " once clean",
         )

@@ -495,3 +495,74 @@ def test_float_columns_are_exact_and_guarded_for_card_numbers(  # type: ignore[n
     assert data["datasets"]["members"]["held"] == 1
     for path in (tmp_path / "out").rglob("*.gz"):
         assert "411111111111111" not in gzip.decompress(path.read_bytes()).decode()
+
+
+def test_null_and_duplicate_keys_are_held_back_never_exported_twice_or_deleted(
+    sample: Path,
+) -> None:
+    run(sample)
+    bob = "M000002,bob@example.com,Bob,Roy,Silver,3400,412.00,CAD,2022-07-01,active,"
+    edit(
+        sample,
+        "members",
+        bob,
+        bob.replace("Bob,Roy", "Robert,Roy") + "2026-11-25T00:00:00Z\n" + bob,
+    )
+    edit(
+        sample,
+        "members",
+        "\nM000003,",
+        "\n,nobody@example.com,No,Key,Gold,1,1.00,CAD,2022-07-01,active,2026-11-25T00:00:00Z\nM000003,",
+    )
+    offer = "O102,M000004,Bonus 2000 points,2026-11-25,2027-01-31,2000,2026-11-25T00:00:00Z\n"
+    edit(sample, "offers", offer, offer + offer.replace("Bonus 2000", "Bonus 3000"))
+    for _ in range(2):  # the same on the next run: nothing exported twice
+        data = run(sample, expect=ExitCode.INVALID_INPUT)
+        members, offers = data["datasets"]["members"], data["datasets"]["offers"]
+        assert (members["null_keys"], members["duplicate_keys"], members["held"]) == (1, 2, 3)
+        assert (offers["null_keys"], offers["duplicate_keys"], offers["held"]) == (0, 2, 2)
+        assert rows_of(data, "members") == [] and rows_of(data, "offers") == []
+        assert offers["deletions"] == 0  # a duplicated key is not "gone"
+        warned = "\n".join(data["warnings"])
+        assert "dataset members: 1 row(s) with a NULL key (member_id)" in warned
+        assert "2 row(s) sharing 1 duplicated key(s) (member_id)" in warned
+        assert "(offer_id, member_id)" in warned
+        quarantined = read_csv_gz(Path(members["quarantine"]))[1:]
+        assert sorted(r[0] for r in quarantined) == ["", "M000002", "M000002"]
+    # fixed at the source: the row that stays is compared with what was exported before
+    edit(sample, "members", bob.replace("Bob,Roy", "Robert,Roy") + "2026-11-25T00:00:00Z\n", "")
+    edit(sample, "offers", offer.replace("Bonus 2000", "Bonus 3000"), "")
+    data = run(sample, expect=ExitCode.INVALID_INPUT)
+    assert data["datasets"]["members"]["held"] == 1  # the NULL key is still there
+    assert rows_of(data, "members") == [] and rows_of(data, "offers") == []
+    edit(
+        sample,
+        "members",
+        ",nobody@example.com,No,Key,Gold,1,1.00,CAD,2022-07-01,active,2026-11-25T00:00:00Z\n",
+        "",
+    )
+    assert run(sample)["held"] == 0
+
+
+def test_parts_cut_by_duckdb_hold_whole_records_and_exact_counts(tmp_path: Path) -> None:
+    """Quoted commas, quotes and newlines across several parts: each part a whole CSV."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE t AS SELECT i AS id, CASE WHEN i % 3 = 0 THEN 'O''Neil, \"Jr\"' || chr(10)"
+        " || repeat('x', i % 50) ELSE md5(i::VARCHAR) END AS note FROM range(40000) r(i)"
+    )
+    writer = FileWriter(tmp_path, "2026-11-26", "run", max_file_mb=1)
+    count, staged = writer.stage(con, "members", "rows", "SELECT * FROM t")
+    published = writer.publish(staged, con, {("members", "rows"): count})
+    assert count == 40_000 and len(published) >= 2
+    seen: list[str] = []
+    for f in published:
+        assert f.bytes < 1024 * 1024
+        assert hashlib.sha256(f.path.read_bytes()).hexdigest() == f.sha256
+        table = read_csv_gz(f.path)
+        assert table[0] == ["id", "note"] and len(table) - 1 == f.rows
+        seen += [r[0] for r in table[1:]]
+    assert sorted(seen, key=int) == [str(i) for i in range(40_000)]
+    assert f"{published[0].path.name}".endswith("-0001.csv.gz")

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from optisync.errors import ExitCode
 from tests.support import EXAMPLES, invoke
@@ -130,3 +132,47 @@ def test_default_currency_is_checked_against_iso_4217_at_load(write_config: Any,
     with pytest.raises(ConfigError) as exc:
         load_config(path)
     assert "locale.default_currency: unknown currency" in "\n".join(exc.value.problems)
+
+
+# Decimal digit zeros of several scripts (each followed by its 1..9): ASCII, Arabic-Indic,
+# Devanagari, Thai, full-width, mathematical bold; and separators cards.py reads as a space
+# or drops (no-break, thin, ideographic space; zero-width space and joiner).
+ZEROS = [0x30, 0x660, 0x966, 0xE50, 0xFF10, 0x1D7CE]
+SEPARATORS = ["", " ", "-", "\u00a0", "\u2009", "\u3000", "\u200b", "\u200d"]
+
+
+@given(
+    scripts=st.lists(st.sampled_from(ZEROS), min_size=16, max_size=16),
+    separator=st.sampled_from(SEPARATORS),
+    before=st.text(max_size=8),
+    after=st.text(max_size=8),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_sql_prefilter_lets_every_card_through_to_the_exact_check(
+    scripts: list[int], separator: str, before: str, after: str
+) -> None:
+    """The prefilter only narrows: text the exact check masks always reaches it."""
+    import duckdb
+
+    from optisync.batch.plan import DUCKDB
+    from optisync.cards import mask_text
+
+    digits = [chr(zero + int(d)) for zero, d in zip(scripts, PAN, strict=True)]
+    text = before + " " + separator.join(digits) + " " + after
+    if mask_text(text) == text:
+        return  # e.g. the digits merged with digits around them into no card
+    con = duckdb.connect()
+    row = con.execute(f"SELECT {DUCKDB.card_candidate('?')}", [text] * 4).fetchone()
+    assert row == (True,)
+
+
+def test_accented_text_is_not_sent_to_the_exact_check() -> None:
+    """Names and cities with accents, fewer than 13 digits: no Python check row by row."""
+    import duckdb
+
+    from optisync.batch.plan import DUCKDB
+
+    con = duckdb.connect()
+    for text in ["Montréal, Québec H2X 1Y4", "Zoë, the 2nd — 12 rue Saint-Jean", "Åsa Léa"]:
+        row = con.execute(f"SELECT {DUCKDB.card_candidate('?')}", [text] * 4).fetchone()
+        assert row == (False,)

@@ -287,7 +287,8 @@ def test_no_dataset_row_is_fetched_when_source_and_target_are_snowflake(
     # what is fetched: state metadata, counts, maxima, EMD key tallies; no row data
     assert len(snow.fetched) < 40
     joined = "\n".join(snow.sql)
-    assert 'FULL OUTER JOIN LOYALTY.OPTISYNC_STATE."MEMBERS_FINGERPRINTS"' in joined
+    compared = [s for s in snow.sql if "FULL OUTER JOIN" in s]  # in the warehouse
+    assert compared and 'FROM LOYALTY.OPTISYNC_STATE."MEMBERS_FINGERPRINTS"' in compared[0]
     assert 'INSERT INTO LOYALTY.OPTIMOVE_SHARE."MEMBERS"' in joined
     assert any(s.startswith("CREATE OR REPLACE TEMPORARY TABLE") for s in snow.sql)
     assert not [s for s in snow.sql if "INSERT INTO" in s and "VALUES (?" in s]  # no upload
@@ -473,3 +474,35 @@ def test_connector_is_not_imported_for_help_or_file_exports() -> None:
         "assert 'snowflake.connector' not in sys.modules, 'imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_null_and_duplicate_keys_are_held_back_in_the_warehouse_too(
+    snow: Recorder, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, source="snowflake", output="snowflake")
+    export_batch(config, datasets=["members", "offers"], now=NOW)
+    sql(f"INSERT INTO {SRC}.members SELECT * FROM {SRC}.members WHERE member_id = 'M000002'")
+    sql(f"UPDATE {SRC}.members SET first_name = 'Robert' WHERE member_id = 'M000002'")
+    sql(
+        f"INSERT INTO {SRC}.members SELECT NULL, email, first_name, last_name, tier,"
+        f" points_balance, lifetime_spend, currency, enrolled_on, status, updated_at"
+        f" FROM {SRC}.members WHERE member_id = 'M000001'"
+    )
+    sql(f"INSERT INTO {SRC}.offers SELECT * FROM {SRC}.offers WHERE offer_id = 'O102'")
+    for _ in range(2):  # the same on the next run: nothing exported twice, nothing deleted
+        summary = export_batch(config, datasets=["members", "offers"], now=NOW)
+        members, offers = summary.datasets["members"], summary.datasets["offers"]
+        assert (members.null_keys, members.duplicate_keys, members.held) == (1, 2, 3)
+        assert (offers.null_keys, offers.duplicate_keys, offers.held) == (0, 2, 2)
+        assert members.rows == 0 and offers.rows == 0 and offers.deletions == 0
+        assert table_rows("members", summary.run_id) == []
+        assert "dataset members: 1 row(s) with a NULL key (member_id)" in summary.warnings[0]
+    assert [r[0] for r in table_rows("offers")].count("O102") == 1
+    # fixed: one Bob, no NULL key, one O102; what stays equals what was exported before
+    sql(f"DELETE FROM {SRC}.members WHERE member_id IS NULL")
+    sql(f"DELETE FROM {SRC}.members WHERE member_id = 'M000002'")
+    sql(f"DELETE FROM {SRC}.offers WHERE offer_id = 'O102'")
+    fixed = export_batch(config, datasets=["members", "offers"], now=NOW)
+    assert fixed.held == 0
+    assert fixed.datasets["offers"].deletions == 1  # O102 now really gone
+    assert table_rows("members", fixed.run_id) == []

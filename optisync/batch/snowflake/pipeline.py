@@ -22,7 +22,9 @@ import duckdb
 from optisync.batch.delta import (
     Delta,
     HeldRow,
+    KeyCheck,
     all_rows,
+    check_keys,
     compare,
     find_held,
     full_reason,
@@ -115,8 +117,10 @@ class WarehouseExport:
         self.summary.datasets[plan.dataset] = result
         self.summary.emd_unmapped.update(unmapped_emd(self.cur, plan))
 
-        delta = self._delta(plan, result, meta, watermark_mode)
-        held = self._hold(delta)
+        check = check_keys(self.cur, plan)
+        result.key_problems(check, self.summary)
+        delta = self._delta(plan, result, meta, watermark_mode, check)
+        held = self._hold(delta, check)
         result.held = len(held)
         rows = f"({delta.rows()})"
         deletes = None
@@ -124,7 +128,7 @@ class WarehouseExport:
             deletes = f"({delta.deletes(self.stamp)})"
             result.deletions = _count(self.cur, deletes)
         result.rows = _count(self.cur, rows)
-        watermark = self._watermark(delta, held, watermark_mode)
+        watermark = self._watermark(delta, held, watermark_mode, check)
         result.watermark = watermark[:19]
         if self.dry_run:
             return
@@ -152,6 +156,7 @@ class WarehouseExport:
         result: DatasetResult,
         meta: dict[str, str] | None,
         watermark_mode: bool,
+        check: KeyCheck,
     ) -> Delta:
         """The delta as a temporary table in the warehouse, in one pass over the source.
 
@@ -159,27 +164,35 @@ class WarehouseExport:
         warehouse holds the join without the local memory budget.
         """
         delta = Delta(plan, quote(f"optisync_delta_{plan.dataset}"))
+        keep = check.keeps("t")  # NULL and duplicated keys: neither exported nor compared
         if result.mode == "full":
-            body = all_rows(plan)
+            body = all_rows(plan, keep if check.rows else None)
         elif watermark_mode:
             mark = plan.dialect.literal((meta or {}).get("watermark", ""))
-            body = all_rows(plan, f"t.{quote(LAST_UPDATED)} > CAST({mark} AS TIMESTAMP_NTZ)")
+            after = f"t.{quote(LAST_UPDATED)} > CAST({mark} AS TIMESTAMP_NTZ)"
+            body = all_rows(plan, f"{after} AND {keep}")
         else:
             self.state.ensure_fingerprints(plan)
             old = self.state.fingerprints(plan.dataset)
-            body = compare(plan, f"({plan.typed_sql()})", old, "t.*", held_column=True)
+            new = f"({plan.typed_sql()})"
+            if check.rows:
+                old = f"(SELECT * FROM {old} t WHERE {keep})"
+                new = f"(SELECT * FROM {new} t WHERE {keep})"
+            body = compare(plan, new, old, "t.*", held_column=True)
         if not watermark_mode and result.mode == "full" and not self.dry_run:
             self.state.ensure_fingerprints(plan)
         self.cur.execute(f"CREATE OR REPLACE TEMPORARY TABLE {delta.table} AS {body}")
         return delta
 
-    def _hold(self, delta: Delta) -> list[HeldRow]:
+    def _hold(self, delta: Delta, check: KeyCheck) -> list[HeldRow]:
         held = find_held(self.cur, delta.plan, delta.present())
         if held:
             self.cur.execute(delta.mark_held(held_keys(self.cur, delta.plan, held)))
-        return held
+        return check.held(self.cur, f"({delta.plan.typed_sql()})") + held
 
-    def _watermark(self, delta: Delta, held: list[HeldRow], watermark_mode: bool) -> str:
+    def _watermark(
+        self, delta: Delta, held: list[HeldRow], watermark_mode: bool, check: KeyCheck
+    ) -> str:
         """The source's latest LastUpdated (microseconds kept for the next comparison).
 
         In watermark mode it stays below any held row, so that the row is exported once it
@@ -194,7 +207,11 @@ class WarehouseExport:
         if row and isinstance(row[0], datetime):
             stamp = row[0].strftime(STAMP + ".%f")
         if watermark_mode and held:
-            self.cur.execute(f"SELECT MIN({quote(LAST_UPDATED)}) FROM {delta.table} WHERE _held")
+            held_rows = f"SELECT {quote(LAST_UPDATED)} FROM {delta.table} WHERE _held"
+            if check.rows:  # rows of bad keys are not in the delta: read from the source
+                bad = check.only(f"({plan.typed_sql()})")
+                held_rows += f" UNION ALL SELECT {quote(LAST_UPDATED)} FROM ({bad}) k"
+            self.cur.execute(f"SELECT MIN({quote(LAST_UPDATED)}) FROM ({held_rows}) h")
             low = self.cur.fetchone()
             if low and isinstance(low[0], datetime):
                 below = low[0] - timedelta(microseconds=1)
