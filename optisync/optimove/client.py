@@ -37,6 +37,7 @@ import httpx
 from optisync import __version__
 from optisync.cards import find_card_numbers, may_hold_card
 from optisync.errors import AuthError, ConfigError
+from optisync.optimove import limits
 from optisync.optimove.outcome import (
     ACCEPTED,
     Delivery,
@@ -45,7 +46,7 @@ from optisync.optimove.outcome import (
     classify,
     classify_exception,
 )
-from optisync.optimove.ratelimit import Limiter, RateLimiter, UnlimitedLimiter
+from optisync.optimove.ratelimit import AllOf, Limiter, RateLimiter, UnlimitedLimiter
 from optisync.redact import redact, register
 
 if TYPE_CHECKING:
@@ -59,6 +60,17 @@ log = logging.getLogger("optisync.optimove")
 
 #: A request body: JSON-able data, or bytes already serialized (e.g. from a dead letter).
 Body = dict[str, Any] | list[Any] | bytes
+
+#: The unsubscribe endpoints' own caps, as (quota group, requests, window) of the one
+#: rate-limit algorithm: the calls a minute, and the calls in flight (a permit counts while
+#: in flight and one window after; a window of a millisecond leaves the calls in flight).
+UNSUBSCRIBE_QUOTAS = (
+    ("unsubscribe-parallel", limits.UNSUBSCRIBE_PARALLEL, 0.001),
+    ("unsubscribe", limits.UNSUBSCRIBE_REQUESTS, limits.UNSUBSCRIBE_WINDOW_SECONDS),
+)
+UNSUBSCRIBE_ENDPOINTS = frozenset(
+    {Endpoint.ADD_UNSUBSCRIBERS, Endpoint.DELETE_UNSUBSCRIBERS, Endpoint.GET_UNSUBSCRIBERS}
+)
 
 SIGNATURE_VERSION_HEADER = "X-Optimove-Signature-Version"
 SIGNATURE_CONTENT_HEADER = "X-Optimove-Signature-Content"
@@ -170,6 +182,8 @@ class OptimoveClient:
         clock: monotonic clock for rate limiting and the retry time budget.
         general_limiter, transactional_limiter, events_limiter: override the limiters
             built from ``settings`` (e.g. with one shared between processes).
+        unsubscribe_limiter: overrides the unsubscribe endpoints' own caps (built from
+            :data:`UNSUBSCRIBE_QUOTAS`); those calls take the general quota as well.
     """
 
     def __init__(
@@ -182,6 +196,7 @@ class OptimoveClient:
         general_limiter: Limiter | None = None,
         transactional_limiter: Limiter | None = None,
         events_limiter: Limiter | None = None,
+        unsubscribe_limiter: Limiter | None = None,
     ) -> None:
         self._settings = settings
         self._sleep = sleep
@@ -201,6 +216,10 @@ class OptimoveClient:
             )
         else:
             self._events = UnlimitedLimiter()
+        own = unsubscribe_limiter or AllOf(
+            *(RateLimiter(n, per, clock=clock, sleep=sleep) for _, n, per in UNSUBSCRIBE_QUOTAS)
+        )
+        self._unsubscribe = AllOf(own, self._general)
         self._secrets = [
             s.get_secret_value()
             for s in (settings.api_key, settings.events_token)
@@ -447,6 +466,8 @@ class OptimoveClient:
         transactional = endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL
         if transactional:
             limiter = self._transactional
+        elif endpoint in UNSUBSCRIBE_ENDPOINTS:
+            limiter = self._unsubscribe
         return _Route(endpoint, self._api_url + endpoint.value, limiter, transactional)
 
     def _headers(self, route: _Route, content: bytes) -> dict[str, str]:
