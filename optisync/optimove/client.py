@@ -254,8 +254,9 @@ class OptimoveClient:
     def send(self, endpoint: Endpoint | str, body: Body) -> Delivery:
         """Send ``body`` to ``endpoint`` with rate limiting and retries.
 
-        Events go to ``events_url``, signed with HMAC-SHA256 of the exact bytes sent when
-        ``events_token`` is set; REST calls carry the API key. SendTransactionalMail has its
+        Events go to ``events_url`` with what ``events_auth`` names: by default signed with
+        HMAC-SHA256 of the exact bytes sent, keyed by ``events_token``; REST calls carry
+        the API key. SendTransactionalMail has its
         own rate limit: 206 there is ``partial`` (sent; ``error`` names missing tags), 409
         ``duplicate``, and ``IsSuccess: false`` ``fatal``.
 
@@ -471,13 +472,17 @@ class OptimoveClient:
         return _Route(endpoint, self._api_url + endpoint.value, limiter, transactional)
 
     def _headers(self, route: _Route, content: bytes) -> dict[str, str]:
-        if route.endpoint is Endpoint.EVENTS:
-            # With an events token the gateway authenticates by signature and the API key
-            # stays home; without one, the key is the only credential there is.
+        if route.endpoint is Endpoint.EVENTS and self._settings.events_auth != "api_key_header":
+            # the API key never goes to the events host unless the config says it takes it
+            if self._settings.events_auth == "none":
+                return {}
             token = self._settings.events_token
             if token is None or not token.get_secret_value():
-                key = self._settings.api_key
-                return {"X-API-KEY": key.get_secret_value()} if key is not None else {}
+                raise ConfigError(
+                    "optimove.events_token is not set; it is needed to sign events",
+                    hint="set optimove.events_token or events_token_file, or say what the"
+                    " events host takes with optimove.events_auth",
+                )
             return {
                 SIGNATURE_VERSION_HEADER: "1",
                 SIGNATURE_CONTENT_HEADER: sign_body(content, token.get_secret_value()),
