@@ -146,6 +146,7 @@ RULES = (
     "events:\n  MEMBER_TIER: {name: member_tier}\n  PURCHASE: {name: purchase}\n"
     "routing:\n  rules:\n    - {types: MEMBER_TIER, to: [events]}\n"
     "    - {types: PURCHASE, to: [events]}\n"
+    "optimove: {events_auth: none}\n"
 )
 
 

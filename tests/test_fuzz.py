@@ -232,7 +232,7 @@ def test_junk_file_lines_are_each_named(tmp_path: Path, monkeypatch: pytest.Monk
     assert invalid[4] == "nested too deeply"
     assert "NaN is not valid JSON" in invalid[5]
     assert invalid[6].startswith("bad JSON")
-    assert invalid[7] == f"line longer than {MAX_LINE_BYTES} bytes"
+    assert invalid[7].startswith(f"line longer than {MAX_LINE_BYTES} bytes")
     assert invalid[8].startswith("(envelope)")
     assert invalid[9].startswith("type: Input should be")
     # and for real: every invalid line becomes a letter naming its line

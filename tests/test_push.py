@@ -331,6 +331,7 @@ optimove:
   api_url: http://127.0.0.1:9
   events_url: http://127.0.0.1:9/reportEvent
   tenant_id: 1234
+  events_token: ${OPTIMOVE_EVENTS_TOKEN}
 events:
   MEMBER_TIER: {name: member_tier, context: {tier: data.tier}}
 routing:

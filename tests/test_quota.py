@@ -83,6 +83,7 @@ def run_three(tmp_path: Path, box: Sandbox, shared: bool) -> list[int]:
                 dead_letters=tmp_path / f"dl{n}",
                 events_token=False,
                 optimove={
+                    "events_auth": "api_key_header",  # this sandbox has no events token
                     "events_rate_limit": {"requests": 10, "per_seconds": 1},
                     "retry": {"max_attempts": 8, "base_delay": 0.05, "max_delay": 0.5},
                     "state_dir": str(state),

@@ -333,6 +333,12 @@ def test_routing_targets_must_exist_and_unrouted_types_warn(write_config: WriteC
     ]
     errors = [p for p in problems if "warning:" not in p]
     assert errors == [
+        f"{path}:1: optimove: events are routed but no events token is set, so the events"
+        " host would get no credential (the API key is never sent there unless events_auth"
+        " says so)\n  hint: set optimove.events_token (events_token:"
+        " ${OPTIMOVE_EVENTS_TOKEN}, or the variable OPTISYNC_OPTIMOVE__EVENTS_TOKEN) or"
+        " optimove.events_token_file; if Optimove told you its events host takes the API"
+        " key, set optimove.events_auth: api_key_header, or none if it takes no credential",
         f"{path}:1: optimove: events are routed but optimove.events_url is not set\n"
         "  hint: the events endpoint Optimove gave at onboarding",
         f"{path}:1: optimove: events are routed but optimove.tenant_id is not set",

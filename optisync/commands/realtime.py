@@ -29,8 +29,9 @@ from optisync.errors import (
     UsageError,
 )
 from optisync.lock import RunLock
-from optisync.optimove.client import OptimoveClient
+from optisync.optimove.client import UNSUBSCRIBE_QUOTAS, OptimoveClient
 from optisync.optimove.quota import SharedQuota, quota_path
+from optisync.optimove.ratelimit import AllOf
 from optisync.realtime.deadletter import DeadLetterStore, Kind
 from optisync.realtime.inputs import EventSource, Progress
 from optisync.realtime.journal import Journal, journal_path
@@ -65,6 +66,7 @@ def build_client(config: Config) -> OptimoveClient:
         if (value := settings.secret(name)) is not None  # type: ignore[arg-type]
     }
     limiters: dict[str, SharedQuota | None] = {}
+    unsubscribe = None
     key = resolved.get("api_key")
     if key is not None:
         state = config.path(settings.state_dir)
@@ -82,12 +84,19 @@ def build_client(config: Config) -> OptimoveClient:
                     limit.per_seconds,
                     hold=hold,
                 )
+        unsubscribe = AllOf(
+            *(
+                SharedQuota(quota_path(state, key.get_secret_value(), group), n, w, hold=hold)
+                for group, n, w in UNSUBSCRIBE_QUOTAS
+            )
+        )
     return OptimoveClient(
         settings.model_copy(update=resolved),
         general_limiter=limiters.get("general"),
         transactional_limiter=limiters.get("transactional"),
         events_limiter=limiters.get("events"),
         callbacks=Verdicts.from_config(config),
+        unsubscribe_limiter=unsubscribe,
     )
 
 

@@ -267,8 +267,9 @@ def _template_file(src: Source, loc: Loc, template: Template, config: Config) ->
 
 
 def check_routing(src: Source, config: Config) -> None:
-    """Targets, template names and conditions of the routing rules (also run on every load:
-    a wrong target would fail every message it routes)."""
+    """Targets, template names and conditions of the routing rules, and the credential of
+    the events host they send to (also run on every load: a wrong target would fail every
+    message it routes)."""
     routed: set[EventType] = set()
     for i, rule in enumerate(config.routing.rules):
         loc: Loc = ("routing", "rules", i)
@@ -313,6 +314,48 @@ def check_routing(src: Source, config: Config) -> None:
                 f"no rule routes {kind.value} events; they would be reported as unrouted",
                 severity="warning",
             )
+    _events_auth(src, config)
+
+
+def sends_events(config: Config) -> bool:
+    """Whether the routing makes anything go to the events host: the ``events`` target,
+    consent reported as an event, or a triggered template sent on its event."""
+    opt_in_event = config.optimove.opt_in.method in {"event", "both"}
+    for rule in config.routing.rules:
+        for target in rule.to:
+            kind, _, name = target.partition(":")
+            template = config.templates.get(name) if kind == "email" else None
+            if (
+                kind == "events"
+                or (kind == "opt_in" and opt_in_event)
+                or (template and template.kind == "triggered" and template.delivery == "event")
+            ):
+                return True
+    return False
+
+
+def _events_auth(src: Source, config: Config) -> None:
+    """No credential is sent to the events host unless the config says which one it takes."""
+    settings = config.optimove
+    token = config.secret_configured("events_token")
+    if settings.events_auth == "token" and not token and sends_events(config):
+        src.add(
+            ("optimove",),
+            "events are routed but no events token is set, so the events host would get no"
+            " credential (the API key is never sent there unless events_auth says so)",
+            hint="set optimove.events_token (events_token: ${OPTIMOVE_EVENTS_TOKEN}, or the"
+            " variable OPTISYNC_OPTIMOVE__EVENTS_TOKEN) or optimove.events_token_file; if"
+            " Optimove told you its events host takes the API key, set optimove.events_auth:"
+            " api_key_header, or none if it takes no credential",
+        )
+    elif settings.events_auth != "token" and token:
+        src.add(
+            ("optimove", "events_auth"),
+            f"events_auth is {settings.events_auth}: the events token is set but events are"
+            " not signed with it",
+            severity="warning",
+            hint="remove events_token, or set events_auth: token",
+        )
 
 
 def _locale(src: Source, config: Config) -> None:

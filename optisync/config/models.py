@@ -133,6 +133,10 @@ class OptimoveSettings(Strict):
     api_key_file: Path | None = None
     events_token: SecretStr | None = None
     events_token_file: Path | None = None
+    # What the events host is given: the HMAC signature made with the events token, the
+    # REST API key in X-API-KEY, or nothing. Stated, never guessed: a key must not go
+    # where Optimove did not say it belongs.
+    events_auth: Literal["token", "api_key_header", "none"] = "token"
     timeouts: Timeouts = Field(default_factory=Timeouts)
     concurrency: int = Field(4, ge=1, le=64)
     rate_limit: RateLimit = Field(default_factory=RateLimit)

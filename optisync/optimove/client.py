@@ -37,6 +37,7 @@ import httpx
 from optisync import __version__
 from optisync.cards import find_card_numbers, may_hold_card
 from optisync.errors import AuthError, ConfigError
+from optisync.optimove import limits
 from optisync.optimove.outcome import (
     ACCEPTED,
     CALLBACK_FIELDS,
@@ -47,7 +48,7 @@ from optisync.optimove.outcome import (
     classify,
     classify_exception,
 )
-from optisync.optimove.ratelimit import Limiter, RateLimiter, UnlimitedLimiter
+from optisync.optimove.ratelimit import AllOf, Limiter, RateLimiter, UnlimitedLimiter
 from optisync.redact import redact, register
 
 if TYPE_CHECKING:
@@ -61,6 +62,17 @@ log = logging.getLogger("optisync.optimove")
 
 #: A request body: JSON-able data, or bytes already serialized (e.g. from a dead letter).
 Body = dict[str, Any] | list[Any] | bytes
+
+#: The unsubscribe endpoints' own caps, as (quota group, requests, window) of the one
+#: rate-limit algorithm: the calls a minute, and the calls in flight (a permit counts while
+#: in flight and one window after; a window of a millisecond leaves the calls in flight).
+UNSUBSCRIBE_QUOTAS = (
+    ("unsubscribe-parallel", limits.UNSUBSCRIBE_PARALLEL, 0.001),
+    ("unsubscribe", limits.UNSUBSCRIBE_REQUESTS, limits.UNSUBSCRIBE_WINDOW_SECONDS),
+)
+UNSUBSCRIBE_ENDPOINTS = frozenset(
+    {Endpoint.ADD_UNSUBSCRIBERS, Endpoint.DELETE_UNSUBSCRIBERS, Endpoint.GET_UNSUBSCRIBERS}
+)
 
 SIGNATURE_VERSION_HEADER = "X-Optimove-Signature-Version"
 SIGNATURE_CONTENT_HEADER = "X-Optimove-Signature-Content"
@@ -184,6 +196,8 @@ class OptimoveClient:
             built from ``settings`` (e.g. with one shared between processes).
         callbacks: when given, every call in ``CALLBACK_FIELDS`` carries a callback URL
             from it (any URL already in the body is replaced: a replayed body gets its own).
+        unsubscribe_limiter: overrides the unsubscribe endpoints' own caps (built from
+            :data:`UNSUBSCRIBE_QUOTAS`); those calls take the general quota as well.
     """
 
     def __init__(
@@ -197,6 +211,7 @@ class OptimoveClient:
         transactional_limiter: Limiter | None = None,
         events_limiter: Limiter | None = None,
         callbacks: Callbacks | None = None,
+        unsubscribe_limiter: Limiter | None = None,
     ) -> None:
         self._settings = settings
         self._callbacks = callbacks
@@ -217,6 +232,10 @@ class OptimoveClient:
             )
         else:
             self._events = UnlimitedLimiter()
+        own = unsubscribe_limiter or AllOf(
+            *(RateLimiter(n, per, clock=clock, sleep=sleep) for _, n, per in UNSUBSCRIBE_QUOTAS)
+        )
+        self._unsubscribe = AllOf(own, self._general)
         self._secrets = [
             s.get_secret_value()
             for s in (settings.api_key, settings.events_token)
@@ -251,8 +270,9 @@ class OptimoveClient:
     def send(self, endpoint: Endpoint | str, body: Body) -> Delivery:
         """Send ``body`` to ``endpoint`` with rate limiting and retries.
 
-        Events go to ``events_url``, signed with HMAC-SHA256 of the exact bytes sent when
-        ``events_token`` is set; REST calls carry the API key. SendTransactionalMail has its
+        Events go to ``events_url`` with what ``events_auth`` names: by default signed with
+        HMAC-SHA256 of the exact bytes sent, keyed by ``events_token``; REST calls carry
+        the API key. SendTransactionalMail has its
         own rate limit: 206 there is ``partial`` (sent; ``error`` names missing tags), 409
         ``duplicate``, and ``IsSuccess: false`` ``fatal``.
 
@@ -491,17 +511,23 @@ class OptimoveClient:
         transactional = endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL
         if transactional:
             limiter = self._transactional
+        elif endpoint in UNSUBSCRIBE_ENDPOINTS:
+            limiter = self._unsubscribe
         method = "PUT" if endpoint in PUT_ENDPOINTS else "POST"
         return _Route(endpoint, self._api_url + endpoint.value, limiter, transactional, method)
 
     def _headers(self, route: _Route, content: bytes) -> dict[str, str]:
-        if route.endpoint is Endpoint.EVENTS:
-            # With an events token the gateway authenticates by signature and the API key
-            # stays home; without one, the key is the only credential there is.
+        if route.endpoint is Endpoint.EVENTS and self._settings.events_auth != "api_key_header":
+            # the API key never goes to the events host unless the config says it takes it
+            if self._settings.events_auth == "none":
+                return {}
             token = self._settings.events_token
             if token is None or not token.get_secret_value():
-                key = self._settings.api_key
-                return {"X-API-KEY": key.get_secret_value()} if key is not None else {}
+                raise ConfigError(
+                    "optimove.events_token is not set; it is needed to sign events",
+                    hint="set optimove.events_token or events_token_file, or say what the"
+                    " events host takes with optimove.events_auth",
+                )
             return {
                 SIGNATURE_VERSION_HEADER: "1",
                 SIGNATURE_CONTENT_HEADER: sign_body(content, token.get_secret_value()),

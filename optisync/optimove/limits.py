@@ -22,6 +22,13 @@ GENERAL_WINDOW_SECONDS: Final = 10.0
 TRANSACTIONAL_REQUESTS: Final = 10
 #: ...of this many seconds.
 TRANSACTIONAL_WINDOW_SECONDS: Final = 1.0
+#: The unsubscribe endpoints (AddUnsubscribers, DeleteUnsubscribers, GetUnsubscribers)
+#: have caps of their own on top of the general quota: calls per window...
+UNSUBSCRIBE_REQUESTS: Final = 600
+#: ...of this many seconds...
+UNSUBSCRIBE_WINDOW_SECONDS: Final = 60.0
+#: ...and calls in flight at once.
+UNSUBSCRIBE_PARALLEL: Final = 10
 
 # -- per call ----------------------------------------------------------------------------
 

@@ -95,6 +95,33 @@ class UnlimitedLimiter:
         return "UnlimitedLimiter()"
 
 
+class AllOf:
+    """Every one of ``limiters`` at once, taken in the order given (so two callers never
+    wait on each other crosswise): an endpoint under several quotas."""
+
+    def __init__(self, *limiters: Limiter) -> None:
+        self.limiters = limiters
+
+    def acquire(self) -> Permit:
+        held: list[Permit] = []
+        try:
+            for limiter in self.limiters:
+                held.append(limiter.acquire())
+        except BaseException:
+            for permit in held:
+                permit.release()
+            raise
+
+        def release() -> None:
+            for permit in reversed(held):
+                permit.release()
+
+        return Permit(release)
+
+    def __repr__(self) -> str:
+        return f"AllOf{self.limiters!r}"
+
+
 class SlotStore(Protocol):
     """Where a :class:`RateLimiter` keeps its slots."""
 

@@ -3,8 +3,9 @@
 Every packing rule lives here: attribute updates pack up to the customer cap with each
 customer once per call (a customer seen again starts the next call, keeping its updates in
 order); mail packs by template up to the recipient cap; promotions pack up to their cap,
-each code once per run; events pack when ``events_per_request`` asks for it; anything else
-(unsubscribe lists) goes alone. See docs/realtime.md.
+each code once per run; unsubscribers pack per brand up to the address cap, each address
+once per call; events pack when ``events_per_request`` asks for it; anything else (a
+re-subscription) goes alone. See docs/realtime.md.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from optisync.optimove.limits import (
     MAX_CUSTOMERS_PER_INSERT,
     MAX_PROMOTIONS_PER_CALL,
     MAX_RECIPIENTS_PER_CALL,
+    MAX_UNSUBSCRIBERS_PER_CALL,
 )
 from optisync.optimove.outcome import Endpoint
 from optisync.realtime.plan import Part, created_customer
@@ -32,6 +34,7 @@ CAPS = {
     Endpoint.ADD_PROMOTIONS: MAX_PROMOTIONS_PER_CALL,
     Endpoint.UPDATE_CUSTOMER_ATTRIBUTES: MAX_CUSTOMERS_PER_CALL,
     Endpoint.INSERT_OR_UPDATE_CUSTOMERS: MAX_CUSTOMERS_PER_INSERT,
+    Endpoint.ADD_UNSUBSCRIBERS: MAX_UNSUBSCRIBERS_PER_CALL,
 }
 
 
@@ -41,6 +44,7 @@ class Pack(Generic[M]):
 
     endpoint: Endpoint
     items: list[tuple[M, Part]] = field(default_factory=list)
+    # who the call is for: customers (attribute updates) or addresses (unsubscribers)
     customers: set[str] = field(default_factory=set)
     # the body actually sent, set once: a failed part's letter may need it
     sent: Any = None
@@ -57,6 +61,8 @@ class Pack(Generic[M]):
             return {"Customers": [c for body in bodies for c in body["Customers"]]}
         if self.endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL:
             return pack_transactional(bodies)
+        if self.endpoint is Endpoint.ADD_UNSUBSCRIBERS:
+            return pack_unsubscribers(bodies)
         return bodies  # events: an array
 
     def seal(self) -> Any:
@@ -68,8 +74,8 @@ class Pack(Generic[M]):
         """What a failed part's dead letter keeps as its request.
 
         A bulk mail keeps the whole call: replaying that exact body (same UniqueMessageID)
-        is what guarantees no second mail if the call did go through. Attribute updates
-        and events keep the member's own slice, which is safe to resend alone.
+        is what guarantees no second mail if the call did go through. Attribute updates,
+        unsubscribers and events keep the member's own slice, which is safe to resend alone.
         """
         if self.endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL and self.sent is not None:
             return self.sent
@@ -104,7 +110,17 @@ class Batcher(Generic[M]):
             return self._add_capped("promotions", message, part)
         if endpoint is Endpoint.EVENTS and self.events_per_request > 1:
             return self._add_capped("events", message, part)
-        return [Pack(endpoint, [(message, part)])]
+        if endpoint is Endpoint.ADD_UNSUBSCRIBERS:
+            return self._add_unsubscriber(message, part)
+        alone = Pack(endpoint, [(message, part)])
+        if endpoint is Endpoint.DELETE_UNSUBSCRIBERS:
+            # a re-subscription leaves after the opt-out of the same address waiting in a
+            # pack, or the pack would undo it
+            key = f"unsubscribe:{part.body['BrandId']}"
+            waiting = self.pending.get(key)
+            if waiting is not None and part.body["EmailAddress"].lower() in waiting.customers:
+                return [self.pending.pop(key), alone]
+        return [alone]
 
     def drain(self) -> Iterator[Pack[M]]:
         """Every pack still collecting, emptied from the batcher as it is handed out."""
@@ -143,6 +159,30 @@ class Batcher(Generic[M]):
         if len(pack.customers) >= cap:
             ready.append(self.pending.pop(key))
         return ready
+
+    def _add_unsubscriber(self, message: M, part: Part) -> list[Pack[M]]:
+        ready: list[Pack[M]] = []
+        key, cap = f"unsubscribe:{part.body['BrandId']}", self._cap(part.endpoint)
+        addresses = {address.lower() for address in part.body["EmailAddresses"]}
+        pack = self.pending.setdefault(key, Pack(part.endpoint))
+        if len(pack.customers | addresses) > cap:
+            ready.append(self.pending.pop(key))
+            pack = self.pending.setdefault(key, Pack(part.endpoint))
+        pack.customers |= addresses  # the call's addresses, each once
+        pack.items.append((message, part))
+        if len(pack.customers) >= cap:
+            ready.append(self.pending.pop(key))
+        return ready
+
+
+def pack_unsubscribers(bodies: list[Any]) -> Any:
+    """One AddUnsubscribers body from the bodies of one brand, each address once (compared
+    without case, as OptiMail's list does)."""
+    addresses: dict[str, str] = {}
+    for body in bodies:
+        for address in body["EmailAddresses"]:
+            addresses.setdefault(address.lower(), address)
+    return {"BrandId": bodies[0]["BrandId"], "EmailAddresses": list(addresses.values())}
 
 
 def pack_transactional(bodies: list[Any]) -> Any:

@@ -6,6 +6,9 @@ Layout under the configured ``dead_letter.dir`` (Maildir style)::
     new/      complete letters, each renamed in from tmp/ after flush + fsync
     archive/  letters that were replayed and accepted, when archiving is asked for
 
+A letter may have a sidecar beside it in ``new/``, ``<letter name without .json>.raw``:
+the whole raw input line of a record too long to be read (see ``RawPayload``).
+
 File names sort by the time the letter was first written::
 
     <YYYYmmddTHHMMSS.ffffffZ>-<pid:07>-<counter:06>-<kind>-<sha256(message_id)[:12]>.json
@@ -16,18 +19,24 @@ whatever the caller passed. Secrets never reach this module: the request body is
 never its headers.
 """
 
+import codecs
+import contextlib
 import errno
 import hashlib
 import itertools
 import logging
 import os
+import re
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from pathlib import Path
+from typing import IO
 
 from pydantic import (
     AwareDatetime,
@@ -40,9 +49,9 @@ from pydantic import (
 )
 
 from optisync import __version__
-from optisync.cards import mask_card_numbers, mask_text
+from optisync.cards import mask_card_numbers, mask_text, may_hold_card
 from optisync.config.models import Target
-from optisync.durable import atomic_write, fsync_dir
+from optisync.durable import TMP_PREFIX, atomic_write, fsync_dir, open_private, publish
 from optisync.errors import StorageError
 from optisync.redact import redact
 
@@ -54,6 +63,7 @@ __all__ = [
     "LetterError",
     "LetterSource",
     "Problem",
+    "RawPayload",
 ]
 
 log = logging.getLogger(__name__)
@@ -106,6 +116,17 @@ class LetterSource(BaseModel):
     line: int | None = Field(default=None, ge=1)
 
 
+class RawPayload(BaseModel):
+    """The sidecar holding a record's whole raw line (card numbers masked), beside the
+    letter in ``new/``: a line too long to read is kept, not held in memory."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    file: str  # the sidecar's name, in the letter's folder
+    bytes: int = Field(ge=0)
+    sha256: str  # of the sidecar as stored
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -131,6 +152,7 @@ class DeadLetter(BaseModel):
     run_id: str
     tool_version: str = __version__
     config_hash: str | None = None
+    raw: RawPayload | None = None
 
     @field_validator("first_failed_at", "last_failed_at")
     @classmethod
@@ -138,7 +160,9 @@ class DeadLetter(BaseModel):
         return value.astimezone(UTC)
 
     def to_json(self) -> bytes:
-        return (self.model_dump_json(by_alias=True, indent=2) + "\n").encode("utf-8")
+        # only a letter with a sidecar names it: every other letter stays as it always was
+        skip = {"raw"} if self.raw is None else None
+        return (self.model_dump_json(by_alias=True, indent=2, exclude=skip) + "\n").encode()
 
     def masked(self) -> "DeadLetter":
         """A copy with card numbers masked in every field that input or Optimove can fill
@@ -231,12 +255,34 @@ class DeadLetterStore:
         digest = hashlib.sha256(letter.message_id.encode("utf-8")).hexdigest()[:12]
         return f"{stamp}-{os.getpid():07d}-{_next_counter():06d}-{letter.kind.value}-{digest}.json"
 
-    def write(self, letter: DeadLetter) -> Path:
+    def write(self, letter: DeadLetter, raw: IO[bytes] | None = None) -> Path:
         """Store ``letter`` (masked) crash-safely; return its path in ``new/``.
 
+        ``raw``, a record's whole line, is copied chunk by chunk (masked) to the letter's
+        sidecar first, so a letter in ``new/`` never names a sidecar that is missing.
         Raises StorageError when the folder is unwritable or full; nothing is left behind.
         """
         final = self.new_dir / self._new_name(letter)
+        if raw is not None:
+            sidecar = sidecar_of(final)
+            tmp = self.tmp_dir / f"{TMP_PREFIX}{sidecar.name}.{os.urandom(8).hex()}"
+            try:
+                size, digest = _copy_masked(raw, tmp)
+                publish(tmp, sidecar)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise self._storage_error("write a dead letter's raw line", exc) from exc
+            letter = letter.model_copy(
+                update={"raw": RawPayload(file=sidecar.name, bytes=size, sha256=digest)}
+            )
+            try:
+                self._put(letter, final, "write a dead letter")
+            except StorageError:
+                with contextlib.suppress(OSError):
+                    sidecar.unlink()
+                raise
+            return final
         self._put(letter, final, "write a dead letter")
         return final
 
@@ -349,12 +395,17 @@ class DeadLetterStore:
         Returns False when the file was already gone.
         """
         self._check_in_new(path)
+        sidecar = sidecar_of(path)
         try:
             if archive:
                 self._ensure_dir(self.archive_dir)
+                with contextlib.suppress(FileNotFoundError):
+                    sidecar.replace(self.archive_dir / sidecar.name)
                 path.replace(self.archive_dir / path.name)
                 fsync_dir(self.archive_dir)
             else:
+                with contextlib.suppress(FileNotFoundError):
+                    sidecar.unlink()
                 path.unlink()
             fsync_dir(self.new_dir)
         except FileNotFoundError:
@@ -381,6 +432,8 @@ class DeadLetterStore:
                 except ValueError:
                     when = datetime.fromtimestamp(path.stat().st_mtime, UTC)
                 if when < cutoff:
+                    with contextlib.suppress(FileNotFoundError):
+                        sidecar_of(path).unlink()
                     path.unlink()
                     removed += 1
             except FileNotFoundError:
@@ -402,7 +455,30 @@ class DeadLetterStore:
         writing right now; pass None to remove all of them while holding the run lock.
         """
         cutoff = float("inf") if older_than is None else time.time() - older_than
-        return self._purge_by_mtime(self.tmp_dir, cutoff)
+        return self._purge_by_mtime(self.tmp_dir, cutoff) + self._orphan_sidecars(cutoff)
+
+    def _orphan_sidecars(self, cutoff: float) -> int:
+        """Sidecars in ``new/`` whose letter never arrived (a process killed between the
+        two renames); young ones may still be getting their letter."""
+        removed = 0
+        try:
+            names = [n for n in os.listdir(self.new_dir) if n.endswith(RAW_SUFFIX)]
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise self._storage_error("list new/", exc) from exc
+        for name in names:
+            sidecar = self.new_dir / name
+            letter = sidecar.with_suffix(".json")
+            try:
+                if not letter.exists() and sidecar.lstat().st_mtime < cutoff:
+                    sidecar.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise self._storage_error("clean new/", exc) from exc
+        return removed
 
     def _purge_by_mtime(self, folder: Path, cutoff: float) -> int:
         removed = 0
@@ -422,6 +498,96 @@ class DeadLetterStore:
             except OSError as exc:
                 raise self._storage_error(f"clean {folder.name}/", exc) from exc
         return removed
+
+
+RAW_SUFFIX = ".raw"
+
+
+def sidecar_of(letter: Path) -> Path:
+    """Where the raw line of the letter at ``letter`` is kept, if it has one."""
+    return letter.with_suffix(RAW_SUFFIX)
+
+
+# -- masking a raw line on its way to the sidecar ------------------------------------------
+
+_CHUNK = 1 << 16
+# A piece may end after one of these: no digit run, \u escape or number can go through
+# it, so masking piece by piece finds every card number that masking the whole would.
+_BREAKS = frozenset(
+    "\"#$%&'()*,/:;<=>?@[]^_`{|}~!abcdfghijklmnopqrstuvwxyzABCDFGHIJKLMNOPQRSTUVWXYZ"
+)
+# JSON escapes writing a character the card check reads as a digit or a separator
+_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u([0-9a-fA-F]{4})")
+_EXPONENT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?[eE][+-]?[0-9]+")
+
+
+def _unescape(match: re.Match[str]) -> str:
+    char = chr(int(match.group(2), 16))
+    if char.isdecimal() or unicodedata.category(char) in {"Zs", "Pd", "Cf"}:
+        return match.group(1) + char
+    return match.group()
+
+
+def _number(match: re.Match[str]) -> str:
+    """A number in exponent form is masked as the integer it writes would be."""
+    try:
+        value = Decimal(match.group())
+    except InvalidOperation:
+        return match.group()
+    if value.adjusted() > 19 or value != value.to_integral_value():
+        return match.group()
+    digits = str(abs(int(value)))
+    masked = mask_text(digits)
+    return match.group() if masked == digits else masked
+
+
+def _mask_piece(text: str) -> str:
+    if not may_hold_card(text):
+        return text
+    return mask_text(_EXPONENT.sub(_number, _ESCAPE.sub(_unescape, text)))
+
+
+def _cut(text: str) -> int:
+    """Where ``text`` may be cut for masking: after the last break that no escape can
+    hold, within the last chunk; -1 if there is none."""
+    for i in range(len(text) - 1, max(len(text) - _CHUNK, 0) - 1, -1):
+        if text[i] in _BREAKS and "\\" not in text[max(i - 5, 0) : i]:
+            return i + 1
+    return -1
+
+
+def _copy_masked(source: IO[bytes], path: Path) -> tuple[int, str]:
+    """Copy ``source`` to a new private file at ``path`` with card numbers masked, one
+    chunk at a time; return the bytes written and their sha256. Bytes that are not UTF-8
+    are kept as they are. A stretch longer than a chunk with no break at all (a wall of
+    digits) is cut anyway, with its digits masked, which errs on the safe side."""
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+    digest, size, carry = hashlib.sha256(), 0, ""
+    fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    with os.fdopen(fd, "wb") as out:
+
+        def emit(text: str) -> None:
+            nonlocal size
+            data = text.encode("utf-8", "surrogateescape")
+            out.write(data)
+            digest.update(data)
+            size += len(data)
+
+        while chunk := source.read(_CHUNK):
+            text = carry + decoder.decode(chunk)
+            cut = _cut(text)
+            if cut >= 0:
+                emit(_mask_piece(text[:cut]))
+                carry = text[cut:]
+            elif len(text) > 2 * _CHUNK:
+                emit(re.sub(r"[0-9]", "*", text))
+                carry = ""
+            else:
+                carry = text
+        emit(_mask_piece(carry + decoder.decode(b"", final=True)))
+        out.flush()
+        os.fsync(out.fileno())
+    return size, digest.hexdigest()
 
 
 def _describe(exc: BaseException) -> str:

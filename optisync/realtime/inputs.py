@@ -4,10 +4,12 @@ number instead of a crash (docs/envelope.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -40,6 +42,8 @@ class Record:
     envelope: Envelope | None = None
     value: Any = None  # the decoded JSON, kept for an invalid record's dead letter
     error: str | None = None
+    # a line over the limit, copied whole to an unnamed temporary file for its letter
+    raw: IO[bytes] | None = None
 
 
 class TooDeepError(ValueError):
@@ -138,6 +142,65 @@ def _fast(chunk: bytes) -> Envelope | None:
         return None
 
 
+_SPILL_CHUNK = 1 << 16
+_HEAD_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
+HEAD_FIELDS = ("id", "type", "member_id")
+
+
+def oversized(stream: IO[bytes], head: bytes, line: int, source: str | None) -> Record:
+    """A line over :data:`MAX_LINE_BYTES` (``head`` is its start): copied whole, chunk by
+    chunk, to an unnamed private temporary file the dead letter takes it from, so memory
+    holds at most ``head`` and one chunk, never the line."""
+    spill = tempfile.TemporaryFile()  # noqa: SIM115 - the record owns it, its letter reads it
+    size, more = 0, head
+    while more:
+        last = more.endswith(b"\n")
+        if last:
+            more = more[:-2] if more.endswith(b"\r\n") else more[:-1]
+        spill.write(more)
+        size += len(more)
+        if last:
+            break
+        more = stream.readline(_SPILL_CHUNK)
+    spill.seek(0)
+    return Record(
+        line,
+        source,
+        value=head_fields(head[:_KEEP_RAW]) or None,
+        error=f"line longer than {MAX_LINE_BYTES} bytes ({size} bytes)",
+        raw=spill,
+    )
+
+
+def head_fields(head: bytes) -> dict[str, str]:
+    """The envelope's ``id``, ``type`` and ``member_id`` where the first bytes of a line
+    show them as top-level strings (a nested ``id`` is not the message's)."""
+    text = head.decode("utf-8", "replace")
+    found: dict[str, str] = {}
+    depth, key = 0, None
+    value_at: int | None = None  # where the value of ``key`` starts, once its colon is seen
+    for match in _HEAD_TOKEN.finditer(text):
+        item = match.group()
+        is_value = value_at is not None and not text[value_at : match.start()].strip()
+        if item == ":":
+            value_at = match.end() if key is not None else None
+            continue
+        if depth == 1 and item[0] == '"':
+            if is_value and key is not None:
+                if key in HEAD_FIELDS and key not in found:
+                    with contextlib.suppress(ValueError):
+                        found[key] = json.loads(item)
+                key = value_at = None
+            else:
+                key, value_at = None, None
+                with contextlib.suppress(ValueError):
+                    key = json.loads(item)
+            continue
+        key = value_at = None
+        depth += 1 if item in "{[" else -1 if item in "}]" else 0
+    return found
+
+
 def read_ndjson(stream: IO[bytes], source: str | None) -> Iterator[Record]:
     """Yield one Record per non-blank line; blank lines are skipped, nothing is dropped."""
     line_no = 0
@@ -147,11 +210,7 @@ def read_ndjson(stream: IO[bytes], source: str | None) -> Iterator[Record]:
             return
         line_no += 1
         if len(chunk) > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
-            while True:  # discard the rest of the over-long line
-                more = stream.readline(MAX_LINE_BYTES)
-                if not more or more.endswith(b"\n"):
-                    break
-            yield Record(line_no, source, error=f"line longer than {MAX_LINE_BYTES} bytes")
+            yield oversized(stream, chunk, line_no, source)
             continue
         if line_no == 1 and chunk.startswith(b"\xef\xbb\xbf"):
             chunk = chunk[3:]

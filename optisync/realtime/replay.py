@@ -1,7 +1,8 @@
 """replay: re-send dead letters with their exact request bodies (same idempotency keys).
 
 A letter leaves the folder only after Optimove accepted it; a failing one stays with its
-attempt count raised. Invalid-input letters have no request and are not replayed. Letters
+attempt count raised. Invalid-input letters have no request and are not replayed; one
+holding an over-long line says so. Letters
 holding the same request (one bulk call) are sent once, together. See docs/dead-letters.md.
 """
 
@@ -21,6 +22,11 @@ from optisync.realtime.deadletter import DeadLetter, DeadLetterStore, LetterErro
 from optisync.realtime.sender import Sender, sigterm_as_interrupt
 from optisync.realtime.settle import Settler
 from optisync.realtime.summary import MAX_PLANS_SHOWN, ReplaySummary
+
+OVERSIZED = (
+    "invalid input: a line over the size limit, kept whole in the .raw file beside its"
+    " letter; not resent (fix the producer and push it again)"
+)
 
 
 @dataclass
@@ -70,6 +76,8 @@ def collect(store: DeadLetterStore, filters: ReplayFilter, summary: ReplaySummar
         summary.letters += 1
         if letter.request is None or letter.endpoint is None:
             summary.not_replayable += 1
+            if letter.raw is not None:
+                summary.warnings[OVERSIZED] += 1
             continue
         key = (letter.endpoint, json.dumps(letter.request, sort_keys=True))
         if key not in groups:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import IO, Any, Generic, Protocol, TypeVar
 
 from optisync import logs
 from optisync.optimove.client import OptimoveAuthError
@@ -250,14 +250,15 @@ class PushSettler(Settler[Pack[Message]]):
                 attempts=0,
                 run_id=self.run_id,
                 config_hash=self.config_hash,
-            )
+            ),
+            record.raw,
         )
         self.record(message_id, WHOLE)
         return True
 
-    def _write(self, letter: DeadLetter) -> None:
+    def _write(self, letter: DeadLetter, raw: IO[bytes] | None = None) -> None:
         assert self.store is not None
-        self.store.write(letter)
+        self.store.write(letter, raw)
 
 
 def _record_id(record: Record) -> str:

@@ -107,11 +107,28 @@ def test_signed_events_do_not_carry_the_api_key(make_client: MakeClient) -> None
     assert "X-API-KEY" not in rec.requests[0].headers
 
 
-def test_events_without_token_are_unsigned_and_carry_the_key(make_client: MakeClient) -> None:
+def test_events_without_token_are_not_sent_rather_than_carry_the_key(
+    make_client: MakeClient,
+) -> None:
     rec = Recorder(ok())
-    make_client(rec, events_token=None).send(Endpoint.EVENTS, EVENT_BODY)
-    assert "X-Optimove-Signature-Content" not in rec.requests[0].headers
-    assert rec.requests[0].headers["X-API-KEY"]
+    with pytest.raises(ConfigError, match="events_token"):
+        make_client(rec, events_token=None).send(Endpoint.EVENTS, EVENT_BODY)
+    assert rec.requests == []
+
+
+def test_events_carry_the_key_only_when_the_config_says_the_host_takes_it(
+    make_client: MakeClient,
+) -> None:
+    rec = Recorder(ok())
+    make_client(rec, events_token=None, events_auth="api_key_header").send(
+        Endpoint.EVENTS, EVENT_BODY
+    )
+    make_client(rec, events_token=None, events_auth="none").send(Endpoint.EVENTS, EVENT_BODY)
+    keyed, bare = rec.requests
+    assert keyed.headers["X-API-KEY"] == API_KEY
+    assert "X-Optimove-Signature-Content" not in keyed.headers
+    assert "X-API-KEY" not in bare.headers
+    assert "X-Optimove-Signature-Content" not in bare.headers
 
 
 def test_bytes_body_is_sent_unchanged(make_client: MakeClient) -> None:

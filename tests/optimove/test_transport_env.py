@@ -140,7 +140,7 @@ def test_no_proxy_is_decided_per_host(
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
     monkeypatch.setenv("NO_PROXY", "localhost")
     events_url = f"http://127.0.0.1:{box.port}/reportEvent"
-    with client(f"http://localhost:{box.port}", events_url) as c:
+    with client(f"http://localhost:{box.port}", events_url, events_auth="api_key_header") as c:
         assert c.send(Endpoint.ADD_PROMOTIONS, PROMOS).ok
         event = c.send(Endpoint.EVENTS, {"tenant": 1, "event": "x", "customer": "C1"})
     assert event.status is not None  # answered by the sandbox, whatever its verdict
