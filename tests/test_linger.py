@@ -17,11 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
+from optisync.config import find_config, load_config
 from optisync.errors import ExitCode
 from optisync.optimove.outcome import Endpoint
 from optisync.realtime.batching import ORDERED, Batcher, Outbox, Pack
-from optisync.realtime.deadletter import Kind
+from optisync.realtime.deadletter import DeadLetterStore, Kind
+from optisync.realtime.inputs import Record, check
 from optisync.realtime.plan import Part
+from optisync.realtime.push import Push
+from optisync.realtime.sender import Inbox
 from optisync.sandbox import Sandbox, SandboxConfig
 from tests.support import EXAMPLES, FakeClock, FakeOptimove, use_sandbox
 
@@ -278,3 +282,58 @@ def test_a_feed_that_never_closes_gets_every_mail_and_attribute_update_out(
         proc.stdin.close()
     assert proc.wait(timeout=30) == ExitCode.OK, proc.stderr.read().decode() if proc.stderr else ""
     assert delivered(box) == expected
+
+
+# -- the run's one queue -------------------------------------------------------------------
+
+
+def test_the_reader_stays_at_most_its_bound_ahead_of_the_run() -> None:
+    produced: list[int] = []
+
+    def items() -> Iterator[int]:
+        for n in range(10_000):
+            produced.append(n)
+            yield n
+
+    inbox: Inbox[int] = Inbox(bound=8)
+    inbox.start(items())
+    time.sleep(0.2)
+    assert len(produced) <= 9  # the bound, plus the one it holds while waiting
+    for _ in range(3):
+        event = inbox.get(1)
+        assert event is not None and event[0] == Inbox.ITEM
+        inbox.took()
+    time.sleep(0.2)
+    assert len(produced) <= 12
+    inbox.close()
+
+
+def test_an_answer_is_settled_while_the_input_waits(fake: FakeOptimove, tmp_path: Path) -> None:
+    config = load_config(find_config(None))
+    push = Push(
+        config,
+        store=DeadLetterStore(tmp_path / "dl"),
+        client_factory=lambda: fake.client(config),
+        run_id="r",
+        config_hash="h",
+        only={"events", "attributes"},
+    )
+    release = threading.Event()
+
+    def records() -> Iterator[Record]:
+        yield check(tier(1, "M1", "Gold"), 1, "feed")
+        release.wait(30)  # a feed that has nothing more for now
+
+    result: list[Any] = []
+    runner = threading.Thread(target=lambda: result.append(push.run(records())), daemon=True)
+    runner.start()
+    try:
+        # the event and the attribute update (packed, then cut by the linger) are answered
+        # and counted while the input is still open
+        assert wait_for(lambda: push.summary.sent == 1, 10), push.summary.counts()
+        assert runner.is_alive()
+        assert len(fake.bodies("UpdateCustomerAttributes")) == 1
+    finally:
+        release.set()
+    runner.join(10)
+    assert result and result[0].exit_code() == ExitCode.OK
