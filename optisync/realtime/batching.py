@@ -99,12 +99,13 @@ class Batcher(Generic[M]):
         self,
         events_per_request: int,
         *,
-        linger: float = 0.0,
+        linger: float | None = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``linger`` None: packs go only when full or drained, whatever the time."""
         self.events_per_request = events_per_request
         self.linger = linger
-        self.idle = linger * IDLE_SHARE
+        self.idle = linger * IDLE_SHARE if linger is not None else 0.0
         self.clock = clock
         self.pending: dict[str, Pack[M]] = {}
         self.promo_codes: set[str] = set()
@@ -134,7 +135,7 @@ class Batcher(Generic[M]):
 
     def deadline(self, last_input: float) -> float | None:
         """When the next pack falls due (see ``due``), or None when none is collecting."""
-        if not self.pending:
+        if not self.pending or self.linger is None:
             return None
         oldest = min(pack.opened for pack in self.pending.values())
         return min(oldest + self.linger, last_input + self.idle)
@@ -142,9 +143,12 @@ class Batcher(Generic[M]):
     def due(self, now: float, last_input: float) -> list[Pack[M]]:
         """The packs to send now though not full: every pack whose oldest part has waited
         the linger, or all of them once nothing arrived for ``idle`` (``last_input``)."""
+        if self.linger is None:
+            return []
         if now - last_input >= self.idle:
             return list(self.drain())
-        keys = [k for k, pack in self.pending.items() if now - pack.opened >= self.linger]
+        linger = self.linger
+        keys = [k for k, pack in self.pending.items() if now - pack.opened >= linger]
         return [self.pending.pop(key) for key in keys]
 
     def _cap(self, endpoint: Endpoint) -> int:

@@ -71,9 +71,12 @@ class Push:
         )
         self.journal = journal
         self.clock = clock
+        # A journaled input (a file) packs by its order alone: a rerun then packs the same
+        # calls, so a bulk mail sent again carries the same id and is refused, not mailed
+        # twice. Time cuts would make the packs depend on timing; a stream needs them.
         self.batcher: Batcher[Message] = Batcher(
             config.optimove.events_per_request,
-            linger=config.optimove.linger_ms / 1000,
+            linger=config.optimove.linger_ms / 1000 if journal is None else None,
             clock=clock,
         )
         self.outbox: Outbox[Message] = Outbox()
