@@ -120,7 +120,7 @@ class Push:
             if backlog and self._room() > 0:
                 self._take(backlog.popleft(), progress)
                 continue
-            if ended:
+            if ended and not backlog:  # records still waiting belong in these packs
                 for pack in batcher.drain():
                     outbox.put(pack)
             elif self._room() > 0:
