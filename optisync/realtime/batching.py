@@ -207,7 +207,7 @@ class Outbox(Generic[M]):
     def take(self) -> Pack[M] | None:
         blocked: set[str] = set()
         for n, pack in enumerate(self.queue):
-            if pack.customers:
+            if pack.endpoint in ORDERED:
                 if any(c in self.busy or c in blocked for c in pack.customers):
                     blocked |= pack.customers
                     continue
