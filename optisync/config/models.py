@@ -149,6 +149,8 @@ class OptimoveSettings(Strict):
     events_rate_limit: RateLimit | None = None
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     events_per_request: int = Field(1, ge=1, le=limits.MAX_EVENTS_PER_REQUEST)
+    # a partial pack goes once its oldest message has waited this long (docs/realtime.md)
+    linger_ms: int = Field(500, ge=0, le=10_000)
     opt_in: OptInSettings = Field(default_factory=OptInSettings)
     state_dir: Path = Path("var/state")
     callback_url: str | None = Field(

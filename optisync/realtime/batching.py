@@ -5,13 +5,18 @@ customer once per call (a customer seen again starts the next call, keeping its 
 order); mail packs by template up to the recipient cap; promotions pack up to their cap,
 each code once per run; unsubscribers pack per brand up to the address cap, each address
 once per call; events pack when ``events_per_request`` asks for it; anything else (a
-re-subscription) goes alone. See docs/realtime.md.
+re-subscription) goes alone. A partial pack goes once its oldest part has waited the
+linger, or once the input has been idle for a quarter of it (``Batcher.due``). Packs of the
+ordered family keep each customer's calls in input order, a customer's creation first
+(``Outbox``). See docs/realtime.md.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -23,7 +28,7 @@ from optisync.optimove.limits import (
     MAX_UNSUBSCRIBERS_PER_CALL,
 )
 from optisync.optimove.outcome import Endpoint
-from optisync.realtime.plan import Part, created_customer
+from optisync.realtime.plan import Part
 
 M = TypeVar("M")  # whatever the caller tracks each part's message by
 
@@ -37,6 +42,22 @@ CAPS = {
     Endpoint.ADD_UNSUBSCRIBERS: MAX_UNSUBSCRIBERS_PER_CALL,
 }
 
+# The ordered family: calls that change a customer, and where a part names its customer.
+# A customer is in at most one call of a pack, and a later call holding a customer waits
+# until every earlier call holding it is settled, so a member's later update never
+# overtakes an earlier one. One line adds an endpoint to the family.
+ORDERED: dict[Endpoint, Callable[[Any], str]] = {
+    Endpoint.UPDATE_CUSTOMER_ATTRIBUTES: lambda body: str(
+        body["CustomerNewAttributesValuesList"][0]["CustomerID"]
+    ),
+    Endpoint.INSERT_OR_UPDATE_CUSTOMERS: lambda body: str(body["Customers"][0]["CustomerId"]),
+    Endpoint.UPSERT_CUSTOMER: lambda body: str(body["CustomerId"]),
+}
+# The input is idle when nothing arrived for this share of the linger: a lone message or
+# the tail of a burst then goes at once, while a feed with messages a few tens of
+# milliseconds apart still fills packs (and spares the quota).
+IDLE_SHARE = 0.25
+
 
 @dataclass
 class Pack(Generic[M]):
@@ -46,6 +67,7 @@ class Pack(Generic[M]):
     items: list[tuple[M, Part]] = field(default_factory=list)
     # who the call is for: customers (attribute updates) or addresses (unsubscribers)
     customers: set[str] = field(default_factory=set)
+    opened: float = 0.0  # when its oldest part arrived (the batcher's clock)
     # the body actually sent, set once: a failed part's letter may need it
     sent: Any = None
 
@@ -83,10 +105,21 @@ class Pack(Generic[M]):
 
 
 class Batcher(Generic[M]):
-    """Collects parts into packs; ``add`` hands back the packs that are ready to send."""
+    """Collects parts into packs; ``add`` hands back the packs that are full, ``due`` those
+    that have waited long enough."""
 
-    def __init__(self, events_per_request: int) -> None:
+    def __init__(
+        self,
+        events_per_request: int,
+        *,
+        linger: float | None = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``linger`` None: packs go only when full or drained, whatever the time."""
         self.events_per_request = events_per_request
+        self.linger = linger
+        self.idle = linger * IDLE_SHARE if linger is not None else 0.0
+        self.clock = clock
         self.pending: dict[str, Pack[M]] = {}
         self.promo_codes: set[str] = set()
 
@@ -98,11 +131,17 @@ class Batcher(Generic[M]):
         """Place ``part``; returns the packs now ready, in the order they must go."""
         endpoint = part.endpoint
         if endpoint is Endpoint.UPDATE_CUSTOMER_ATTRIBUTES:
-            return self._add_attributes(message, part)
+            customer = part.body["CustomerNewAttributesValuesList"][0]["CustomerID"]
+            creating = self.pending.get("customers")
+            if creating is not None and customer in creating.customers:
+                # the customer is created before any update of theirs goes out
+                return [
+                    self.pending.pop("customers"),
+                    *self._add_capped("attributes", message, part),
+                ]
+            return self._add_capped("attributes", message, part)
         if endpoint is Endpoint.INSERT_OR_UPDATE_CUSTOMERS:
-            customer = created_customer(part)
-            assert customer is not None
-            return self._add_per_customer("customers", customer, message, part)
+            return self._add_capped("customers", message, part)
         if endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL:
             return self._add_capped(f"email:{part.body['TemplateID']}", message, part)
         if endpoint is Endpoint.ADD_PROMOTIONS:
@@ -112,7 +151,7 @@ class Batcher(Generic[M]):
             return self._add_capped("events", message, part)
         if endpoint is Endpoint.ADD_UNSUBSCRIBERS:
             return self._add_unsubscriber(message, part)
-        alone = Pack(endpoint, [(message, part)])
+        alone = self._new(endpoint, message, part)
         if endpoint is Endpoint.DELETE_UNSUBSCRIBERS:
             # a re-subscription leaves after the opt-out of the same address waiting in a
             # pack, or the pack would undo it
@@ -127,36 +166,53 @@ class Batcher(Generic[M]):
         for key in list(self.pending):
             yield self.pending.pop(key)
 
+    def deadline(self, last_input: float) -> float | None:
+        """When the next pack falls due (see ``due``), or None when none is collecting."""
+        if not self.pending or self.linger is None:
+            return None
+        oldest = min(pack.opened for pack in self.pending.values())
+        return min(oldest + self.linger, last_input + self.idle)
+
+    def due(self, now: float, last_input: float) -> list[Pack[M]]:
+        """The packs to send now though not full: every pack whose oldest part has waited
+        the linger, or all of them once nothing arrived for ``idle`` (``last_input``)."""
+        if self.linger is None:
+            return []
+        if now - last_input >= self.idle:
+            return list(self.drain())
+        linger = self.linger
+        keys = [k for k, pack in self.pending.items() if now - pack.opened >= linger]
+        return [self.pending.pop(key) for key in keys]
+
     def _cap(self, endpoint: Endpoint) -> int:
         return CAPS.get(endpoint, self.events_per_request)
 
+    def _new(self, endpoint: Endpoint, message: M, part: Part) -> Pack[M]:
+        pack: Pack[M] = Pack(endpoint, opened=self.clock())
+        pack.items.append((message, part))
+        customer = ORDERED.get(endpoint)
+        if customer is not None:
+            pack.customers.add(customer(part.body))
+        return pack
+
     def _add_capped(self, key: str, message: M, part: Part) -> list[Pack[M]]:
-        pack = self.pending.setdefault(key, Pack(part.endpoint))
-        pack.items.append((message, part))
-        if len(pack.items) >= self._cap(part.endpoint):
-            return [self.pending.pop(key)]
-        return []
-
-    def _add_attributes(self, message: M, part: Part) -> list[Pack[M]]:
-        customer = part.body["CustomerNewAttributesValuesList"][0]["CustomerID"]
-        creating = self.pending.get("customers")
         ready: list[Pack[M]] = []
-        if creating is not None and customer in creating.customers:
-            # the customer is created before any update of theirs goes out
-            ready.append(self.pending.pop("customers"))
-        return ready + self._add_per_customer("attributes", customer, message, part)
-
-    def _add_per_customer(self, key: str, customer: str, message: M, part: Part) -> list[Pack[M]]:
-        ready: list[Pack[M]] = []
-        cap = self._cap(part.endpoint)
-        pack = self.pending.setdefault(key, Pack(part.endpoint))
-        # a customer seen again goes in a later call, keeping its updates in order
-        if customer in pack.customers or len(pack.customers) >= cap:
+        pack = self.pending.get(key)
+        customer = ORDERED.get(part.endpoint)
+        who = customer(part.body) if customer is not None else None
+        if pack is not None and who is not None and who in pack.customers:
+            # a customer seen again goes in a later call, keeping its updates in order
             ready.append(self.pending.pop(key))
-            pack = self.pending.setdefault(key, Pack(part.endpoint))
-        pack.customers.add(customer)
-        pack.items.append((message, part))
-        if len(pack.customers) >= cap:
+            pack = None
+        if pack is None:
+            self.pending[key] = self._new(part.endpoint, message, part)
+            pack = self.pending[key]
+        else:
+            pack.items.append((message, part))
+            if who is not None:
+                pack.customers.add(who)
+        # each customer is in a pack once, so items count customers where that is the cap
+        if len(pack.items) >= self._cap(part.endpoint):
             ready.append(self.pending.pop(key))
         return ready
 
@@ -164,10 +220,10 @@ class Batcher(Generic[M]):
         ready: list[Pack[M]] = []
         key, cap = f"unsubscribe:{part.body['BrandId']}", self._cap(part.endpoint)
         addresses = {address.lower() for address in part.body["EmailAddresses"]}
-        pack = self.pending.setdefault(key, Pack(part.endpoint))
+        pack = self.pending.setdefault(key, Pack(part.endpoint, opened=self.clock()))
         if len(pack.customers | addresses) > cap:
             ready.append(self.pending.pop(key))
-            pack = self.pending.setdefault(key, Pack(part.endpoint))
+            pack = self.pending.setdefault(key, Pack(part.endpoint, opened=self.clock()))
         pack.customers |= addresses  # the call's addresses, each once
         pack.items.append((message, part))
         if len(pack.customers) >= cap:
@@ -183,6 +239,53 @@ def pack_unsubscribers(bodies: list[Any]) -> Any:
         for address in body["EmailAddresses"]:
             addresses.setdefault(address.lower(), address)
     return {"BrandId": bodies[0]["BrandId"], "EmailAddresses": list(addresses.values())}
+
+
+class Outbox(Generic[M]):
+    """Packs ready to go, in the order they became ready.
+
+    ``take`` hands out the first pack that may go now: a pack of the ordered family waits
+    while a pack holding one of its customers is in flight (until ``settled``) or is
+    itself waiting ahead of it; other packs never wait for it.
+    """
+
+    def __init__(self) -> None:
+        self.queue: deque[Pack[M]] = deque()
+        self.busy: Counter[str] = Counter()  # customers of ordered packs in flight
+        self.parts = 0
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def put(self, pack: Pack[M]) -> None:
+        self.queue.append(pack)
+        self.parts += len(pack.items)
+
+    def take(self) -> Pack[M] | None:
+        blocked: set[str] = set()
+        for n, pack in enumerate(self.queue):
+            if pack.endpoint in ORDERED:
+                if any(c in self.busy or c in blocked for c in pack.customers):
+                    blocked |= pack.customers
+                    continue
+                self.busy.update(pack.customers)
+            del self.queue[n]
+            self.parts -= len(pack.items)
+            return pack
+        return None
+
+    def settled(self, pack: Pack[M]) -> None:
+        """``pack`` (handed out by ``take``) is settled: its customers may go again."""
+        self.busy.subtract(pack.customers)
+        for customer in pack.customers:
+            if self.busy[customer] <= 0:
+                del self.busy[customer]
+
+    def drain(self) -> Iterator[Pack[M]]:
+        while self.queue:
+            pack = self.queue.popleft()
+            self.parts -= len(pack.items)
+            yield pack
 
 
 def pack_transactional(bodies: list[Any]) -> Any:

@@ -5,6 +5,7 @@ number instead of a crash (docs/envelope.md)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import re
@@ -236,6 +237,17 @@ def read_ndjson(stream: IO[bytes], source: str | None) -> Iterator[Record]:
         yield check(value, line_no, source, text)
 
 
+def stdin_stream() -> IO[bytes]:
+    """Standard input through a buffer of its own: the run reads its input on a thread that
+    may still be blocked on a pipe kept open when the run ends, and a thread holding
+    ``sys.stdin``'s lock then makes the interpreter abort at exit."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a test runner: no descriptor
+        return sys.stdin.buffer
+    return io.BufferedReader(io.FileIO(fd, "rb", closefd=False))
+
+
 Progress = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
 
 
@@ -314,7 +326,7 @@ class EventSource:
         stream: IO[bytes]
         total: int | None = None
         if self.input == "-":
-            stream, name = sys.stdin.buffer, "<stdin>"
+            stream, name = stdin_stream(), "<stdin>"
         else:
             path = Path(self.input)
             try:

@@ -3,24 +3,31 @@
 Nothing is lost: every input record ends either accepted by Optimove (its every part
 delivered), or as a dead letter — ``input`` for bad input, or the failed part with the
 exact body that was attempted (docs/realtime.md, docs/dead-letters.md).
+
+The run's thread waits on one queue (``Inbox``): input records, the end of the input and
+finished sends all wake it, and so does the next linger deadline, so a feed that never
+closes still gets every pack out and every answer settled promptly.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from optisync.config.models import Config
 from optisync.errors import StorageError
 from optisync.optimove.client import OptimoveClient
-from optisync.realtime.batching import Batcher, Pack
+from optisync.optimove.outcome import Delivery
+from optisync.realtime.batching import Batcher, Outbox, Pack
 from optisync.realtime.deadletter import DeadLetterStore
 from optisync.realtime.inputs import Record
 from optisync.realtime.journal import Journal
 from optisync.realtime.plan import Consent, InvalidMessage, Planner, describe
 from optisync.realtime.routing import Router
-from optisync.realtime.sender import Sender, sigterm_as_interrupt
+from optisync.realtime.sender import Inbox, Sender, in_flight_bound, stoppable
 from optisync.realtime.settle import Message, PushSettler, not_sent_error
 from optisync.realtime.summary import MAX_PLANS_SHOWN, PushSummary
 
@@ -47,6 +54,7 @@ class Push:
         dry_run: bool = False,
         journal: Journal | None = None,
         opt_in_register: OptInRegister | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.only = only
@@ -62,33 +70,119 @@ class Push:
             self.summary, store=store, journal=journal, run_id=run_id, config_hash=config_hash
         )
         self.journal = journal
-        self.batcher: Batcher[Message] = Batcher(config.optimove.events_per_request)
+        self.clock = clock
+        # A journaled input (a file) packs by its order alone: a rerun then packs the same
+        # calls, so a bulk mail sent again carries the same id and is refused, not mailed
+        # twice. Time cuts would make the packs depend on timing; a stream needs them.
+        self.batcher: Batcher[Message] = Batcher(
+            config.optimove.events_per_request,
+            linger=config.optimove.linger_ms / 1000 if journal is None else None,
+            clock=clock,
+        )
+        self.outbox: Outbox[Message] = Outbox()
+        self.inbox: Inbox[Record] = Inbox()
         self.sender: Sender[Pack[Message]] | None = None  # built on the first send
         self.storage_failed = False
 
     def run(
         self, records: Iterable[Record], progress: Callable[[int], None] | None = None
     ) -> PushSummary:
-        with sigterm_as_interrupt():
+        def interrupted() -> None:
+            self.summary.stop("interrupted", "interrupted by a signal; in-flight work was finished")
+
+        def finish() -> None:
+            self.inbox.close()
+            self._finish()
+            log.info("push-event run %s: %s", self.summary.run_id, self.summary.counts())
+
+        def loop() -> None:
             try:
-                for record in records:
-                    self.take(record)
-                    if progress:
-                        progress(1)
-                for pack in self.batcher.drain():
-                    self._send(pack)
-            except KeyboardInterrupt:
-                self.summary.stop(
-                    "interrupted", "interrupted by a signal; in-flight work was finished"
-                )
+                self._loop(progress)
             except StorageError:
                 # nothing more can be stored, so nothing more may be acknowledged
                 self.storage_failed = True
                 raise
-            finally:
-                self._finish()
-                log.info("push-event run %s: %s", self.summary.run_id, self.summary.counts())
+
+        self.inbox.start(records)
+        stoppable(loop, interrupted=interrupted, finish=finish)
         return self.summary
+
+    def _loop(self, progress: Callable[[int], None] | None) -> None:
+        inbox, batcher, outbox = self.inbox, self.batcher, self.outbox
+        # Records read while no send could start wait here: input is planned only as far as
+        # it can be sent, so what a stop signal finds planned and unsent stays small.
+        backlog: deque[Record] = deque()
+        ended = False
+        last_input = self.clock()
+        while True:
+            if self.sender is not None:
+                self._settle_done()
+            if backlog and self._room() > 0:
+                self._take(backlog.popleft(), progress)
+                continue
+            if ended and not backlog:  # records still waiting belong in these packs
+                for pack in batcher.drain():
+                    outbox.put(pack)
+            elif self._room() > 0:
+                # time-cut packs only when they can go: while sends wait (the quota), packs
+                # keep filling, which spends fewer calls of that quota
+                for pack in batcher.due(self.clock(), last_input):
+                    outbox.put(pack)
+            self._dispatch()
+            inflight = self.sender.inflight if self.sender is not None else ()
+            if ended and not backlog and not outbox and not inflight:
+                return
+            timeout = None
+            if not ended and self._room() > 0:
+                deadline = batcher.deadline(last_input)
+                if deadline is not None:
+                    timeout = max(0.0, deadline - self.clock())
+            if self.journal is not None:  # what is settled survives a kill from here on
+                self.journal.flush()
+            event = inbox.get(timeout)
+            if event is None:
+                continue
+            kind, value = event
+            if kind == Inbox.ITEM:
+                last_input = self.clock()
+                if backlog or self._room() <= 0:
+                    backlog.append(value)
+                else:
+                    self._take(value, progress)
+            elif kind == Inbox.END:
+                if value is not None:
+                    raise value
+                ended = True
+
+    def _take(self, record: Record, progress: Callable[[int], None] | None) -> None:
+        self.inbox.took()
+        self.take(record)
+        if progress:
+            progress(1)
+
+    def _room(self) -> int:
+        """Sends that could start now, packs already waiting counted."""
+        if self.sender is None:
+            return in_flight_bound(self.config.optimove.concurrency) - len(self.outbox)
+        return self.sender.room - len(self.outbox)
+
+    def _dispatch(self) -> None:
+        """Send waiting packs in order while there is room (see ``Outbox`` for order)."""
+        while self.outbox and (self.sender is None or self.sender.room > 0):
+            pack = self.outbox.take()
+            if pack is None:  # the rest wait for a customer's earlier call
+                return
+            self._send(pack)
+
+    def _handle(
+        self, pack: Pack[Message], delivery: Delivery | None, exc: BaseException | None
+    ) -> None:
+        self.outbox.settled(pack)
+        self.settler.settle(pack, delivery, exc)
+
+    def _settle_done(self) -> int:
+        assert self.sender is not None
+        return self.sender.settle_done(self._handle)
 
     def take(self, record: Record) -> None:
         """Validate, route and plan one record, then queue its parts."""
@@ -139,7 +233,7 @@ class Push:
                 self.settler.part_delivered(message, part)
             else:
                 for pack in self.batcher.add(message, part):
-                    self._send(pack)
+                    self.outbox.put(pack)
 
     def _invalid(self, record: Record, reason: str) -> None:
         if self.dry_run:
@@ -153,30 +247,26 @@ class Push:
 
     def _send(self, pack: Pack[Message]) -> None:
         if self.summary.stopped:
+            self.outbox.settled(pack)
             self.settler.unsent(pack)
             return
         if self.sender is None:
             assert self.client_factory is not None
-            self.sender = Sender(self.client_factory(), self.config.optimove.concurrency)
+            self.sender = Sender(
+                self.client_factory(), self.config.optimove.concurrency, wake=self.inbox.wake
+            )
         self.sender.submit(pack.endpoint, pack.seal(), pack)
         self.summary.requests += 1
-        self.sender.settle(self.settler.settle)
-        if self.journal is not None:
-            self.journal.flush()
 
     def _finish(self) -> None:
         if self.storage_failed:
             if self.sender is not None:  # let in-flight sends end; record nothing more
-                self.sender.close()
+                self.sender.finish(None)
             return
         # whatever is still queued was never sent: keep it as dead letters
-        for pack in self.batcher.drain():
+        for pack in [*self.outbox.drain(), *self.batcher.drain()]:
             self.settler.unsent(pack)
         if self.sender is not None:
-            try:
-                self.sender.settle(self.settler.settle, all_=True)
-            finally:
-                self.sender.close()
-                self.sender.client.close()
+            self.sender.finish(self._handle)
         if self.journal is not None:
             self.journal.flush()

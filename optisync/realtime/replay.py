@@ -19,7 +19,7 @@ from optisync.config.models import Config
 from optisync.optimove.client import OptimoveClient, encode_body
 from optisync.optimove.outcome import Endpoint
 from optisync.realtime.deadletter import DeadLetter, DeadLetterStore, LetterError
-from optisync.realtime.sender import Sender, sigterm_as_interrupt
+from optisync.realtime.sender import Sender, stoppable
 from optisync.realtime.settle import Settler
 from optisync.realtime.summary import MAX_PLANS_SHOWN, ReplaySummary
 
@@ -108,23 +108,20 @@ def replay(
     if not resends:
         return summary
     assert client_factory is not None
-    client = client_factory()
-    sender: Sender[Resend] = Sender(client, config.optimove.concurrency)
+    sender: Sender[Resend] = Sender(client_factory(), config.optimove.concurrency)
     settler = ReplaySettler(summary, store, archive=config.dead_letter.archive)
-    try:
-        with sigterm_as_interrupt():
-            try:
-                for resend in resends:
-                    if summary.stopped:
-                        break
-                    sender.submit(resend.endpoint, encode_body(resend.request), resend)
-                    summary.requests += 1
-                    sender.settle(settler.settle)
-            except KeyboardInterrupt:
-                summary.stop("interrupted", "interrupted by a signal")
-            finally:
-                sender.settle(settler.settle, all_=True)
-    finally:
-        sender.close()
-        client.close()
+
+    def resend_all() -> None:
+        for resend in resends:
+            if summary.stopped:
+                break
+            sender.submit(resend.endpoint, encode_body(resend.request), resend)
+            summary.requests += 1
+            sender.settle(settler.settle)
+
+    stoppable(
+        resend_all,
+        interrupted=lambda: summary.stop("interrupted", "interrupted by a signal"),
+        finish=lambda: sender.finish(settler.settle),
+    )
     return summary

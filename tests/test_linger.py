@@ -1,0 +1,339 @@
+"""Time-bounded packing and per-member order: partial packs go once they have waited the
+linger or the input is idle, a feed that never closes gets everything out, and a member's
+later update never overtakes an earlier one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from optisync.config import find_config, load_config
+from optisync.errors import ExitCode
+from optisync.optimove.outcome import Endpoint
+from optisync.realtime.batching import ORDERED, Batcher, Outbox, Pack
+from optisync.realtime.deadletter import DeadLetterStore, Kind
+from optisync.realtime.inputs import Record, check
+from optisync.realtime.plan import Part
+from optisync.realtime.push import Push
+from optisync.realtime.sender import Inbox
+from optisync.sandbox import Sandbox, SandboxConfig
+from tests.support import EXAMPLES, FakeClock, FakeOptimove, use_sandbox
+
+KEY, TOKEN = "linger-key-5d1e", "linger-token-9a0b"
+
+
+def attributes(customer: str, value: str) -> Part:
+    body = {
+        "CustomerNewAttributesValuesList": [
+            {"CustomerID": customer, "Attributes": [{"RealFieldName": "Tier", "Value": value}]}
+        ]
+    }
+    return Part(Kind.ATTRIBUTES, Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, body, "attributes")
+
+
+def mail(template: int, uid: str) -> Part:
+    body = {"TemplateID": template, "UniqueMessageID": uid, "Recipients": [{"Email": "a@b.c"}]}
+    return Part(Kind.EMAIL, Endpoint.SEND_TRANSACTIONAL_MAIL, body, f"email:t{template}")
+
+
+# -- the linger rule ---------------------------------------------------------------------
+
+
+def test_a_partial_pack_goes_once_its_oldest_part_has_waited_the_linger() -> None:
+    clock = FakeClock(100.0)
+    batcher: Batcher[int] = Batcher(1, linger=0.5, clock=clock)
+    assert batcher.add(1, attributes("A", "1")) == []
+    # input keeps arriving every 0.1 s (never idle): only the linger sends the pack
+    for n, customer in enumerate("BCD", 2):
+        clock.advance(0.1)
+        assert batcher.due(clock(), clock()) == []
+        batcher.add(n, attributes(customer, "1") if customer != "D" else mail(7, "u1"))
+    last_input = clock()  # 100.3
+    assert batcher.deadline(last_input) == pytest.approx(100.425)  # idle comes first...
+    clock.advance(0.1)
+    batcher.add(5, attributes("E", "1"))
+    last_input = clock()  # 100.4: ...unless input goes on
+    assert batcher.deadline(last_input) == pytest.approx(100.5)  # the attributes' linger
+    clock.advance(0.1 + 1e-9)  # (0.1 five times falls short of 0.5 in binary)
+    due = batcher.due(clock(), last_input)
+    assert [(p.endpoint, len(p.items)) for p in due] == [(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, 4)]
+    assert list(batcher.pending) == ["email:7"]  # 0.2 s old: still collecting
+    assert batcher.deadline(last_input) == pytest.approx(100.525)  # idle from 100.4
+
+
+def test_every_pending_pack_goes_once_the_input_is_idle() -> None:
+    clock = FakeClock()
+    batcher: Batcher[int] = Batcher(2, linger=0.5, clock=clock)
+    batcher.add(1, attributes("A", "1"))
+    batcher.add(2, mail(7, "u1"))
+    batcher.add(3, Part(Kind.EVENTS, Endpoint.EVENTS, {"event": "e"}, "events"))
+    last_input = clock()
+    idle = 0.5 * 0.25
+    assert batcher.deadline(last_input) == pytest.approx(idle)  # before the linger
+    clock.advance(idle - 0.01)
+    assert batcher.due(clock(), last_input) == []
+    clock.advance(0.01)
+    assert sorted(p.endpoint.value for p in batcher.due(clock(), last_input)) == sorted(
+        [Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, Endpoint.SEND_TRANSACTIONAL_MAIL, Endpoint.EVENTS]
+    )
+    assert batcher.pending == {} and batcher.deadline(last_input) is None
+
+
+def test_a_full_pack_goes_at_once_whatever_the_linger() -> None:
+    batcher: Batcher[int] = Batcher(2, linger=60, clock=FakeClock())
+    event = Part(Kind.EVENTS, Endpoint.EVENTS, {"event": "e"}, "events")
+    assert batcher.add(1, event) == []
+    assert [len(p.items) for p in batcher.add(2, event)] == [2]
+
+
+# -- per-member order ----------------------------------------------------------------------
+
+
+def pack_of(*customers: str) -> Pack[int]:
+    pack: Pack[int] = Pack(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES)
+    for n, customer in enumerate(customers):
+        pack.items.append((n, attributes(customer, "x")))
+        pack.customers.add(customer)
+    return pack
+
+
+def test_a_pack_waits_for_an_earlier_pack_of_the_same_customer_and_blocks_no_one_else() -> None:
+    outbox: Outbox[int] = Outbox()
+    first, second, other, third = pack_of("A", "B"), pack_of("A"), pack_of("C"), pack_of("B")
+    mail_pack: Pack[int] = Pack(Endpoint.SEND_TRANSACTIONAL_MAIL, [(9, mail(1, "u"))])
+    for pack in (first, second, other, mail_pack, third):
+        outbox.put(pack)
+    assert outbox.take() is first
+    # A and B are in flight: "second" and "third" wait, the others do not
+    assert outbox.take() is other
+    assert outbox.take() is mail_pack
+    assert outbox.take() is None
+    assert len(outbox) == 2
+    outbox.settled(first)
+    assert outbox.take() is second
+    assert outbox.take() is third
+    assert outbox.busy == {"A": 1, "B": 1, "C": 1}
+
+
+def test_a_later_pack_never_overtakes_an_earlier_waiting_one_of_its_customer() -> None:
+    outbox: Outbox[int] = Outbox()
+    outbox.put(pack_of("A"))
+    first = outbox.take()
+    assert first is not None
+    waiting, later = pack_of("A", "B"), pack_of("B")
+    outbox.put(waiting)
+    outbox.put(later)
+    assert outbox.take() is None  # "later" holds B, which waits in "waiting" ahead of it
+    outbox.settled(first)
+    assert outbox.take() is waiting
+
+
+def test_attribute_updates_are_in_the_ordered_family() -> None:
+    assert Endpoint.UPDATE_CUSTOMER_ATTRIBUTES in ORDERED
+    assert ORDERED[Endpoint.UPDATE_CUSTOMER_ATTRIBUTES](attributes("M7", "x").body) == "M7"
+
+
+class SlowFirstAttributes(FakeOptimove):
+    """The first attribute call answers late; every attribute call's start and end kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, float, float, list[str]]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith("UpdateCustomerAttributes"):
+            return super().__call__(request)
+        start = time.monotonic()
+        with self.lock:
+            first = not self.calls and not getattr(self, "started", False)
+            self.started = True
+        if first:
+            time.sleep(0.6)
+        response = super().__call__(request)
+        body = json.loads(request.content)
+        ids = [e["CustomerID"] for e in body["CustomerNewAttributesValuesList"]]
+        with self.lock:
+            self.calls.append(
+                (
+                    body["CustomerNewAttributesValuesList"][0]["Attributes"][0]["Value"],
+                    start,
+                    time.monotonic(),
+                    ids,
+                )
+            )
+        return response
+
+
+def tier(n: int, member: str, value: str) -> dict[str, Any]:
+    return {
+        "id": f"tier-{n}",
+        "type": "MEMBER_TIER",
+        "member_id": member,
+        "occurred_at": "2026-11-25T10:00:00Z",
+        "data": {"tier": value},
+    }
+
+
+def test_a_members_later_update_waits_for_the_earlier_slow_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = SlowFirstAttributes()
+    monkeypatch.setenv("OPTISYNC_CONFIG", str(EXAMPLES / "optisync.yaml"))
+    monkeypatch.setenv("OPTIMOVE_API_KEY", KEY)
+    monkeypatch.setenv("OPTIMOVE_EVENTS_TOKEN", TOKEN)
+    monkeypatch.setenv("OPTIMOVE_API_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("OPTIMOVE_EVENTS_URL", "http://127.0.0.1:9/reportEvent")
+    monkeypatch.setenv("OPTISYNC_DEAD_LETTER__DIR", str(tmp_path / "dl"))
+    monkeypatch.setenv("OPTISYNC_OPTIMOVE__CONCURRENCY", "4")
+    source = tmp_path / "in.ndjson"
+    lines = [tier(1, "M1", "Silver"), tier(2, "M1", "Gold"), tier(3, "M2", "Gold")]
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    fake.push(source, only=["attributes"])
+    by_value = {ids[0] + value: (start, end) for value, start, end, ids in fake.calls}
+    silver, gold = by_value["M1Silver"], by_value["M1Gold"]
+    assert gold[0] >= silver[1], "M1's Gold update went out before its Silver one was answered"
+    # the second call is sent at all only after the slow one: M2 rides with M1's Gold
+    assert len(fake.calls) == 2
+
+
+# -- a feed that never closes, against the sandbox -----------------------------------------
+
+
+@pytest.fixture
+def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
+    config = SandboxConfig(api_key=KEY, tenant_id=1234, events_token=TOKEN, enforce_limits=False)
+    with Sandbox(config) as sandbox:
+        use_sandbox(monkeypatch, sandbox, tmp_path, KEY, TOKEN, OPTIMOVE__LINGER_MS="300")
+        yield sandbox
+
+
+def wait_for(check: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return bool(check())
+
+
+def delivered(box: Sandbox) -> dict[str, list[Any]]:
+    """Each attribute update (customer, attribute, value) and each mail recipient the sandbox
+    accepted, however they were packed."""
+    updates = sorted(
+        (entry["CustomerID"], item["RealFieldName"], json.dumps(item["Value"]))
+        for rec in box.received("attributes")
+        for entry in rec["body"]["CustomerNewAttributesValuesList"]
+        for item in entry["Attributes"]
+    )
+    mails = sorted(
+        (rec["body"]["TemplateID"], r["Email"])
+        for rec in box.received("transactional")
+        for r in rec["body"]["Recipients"]
+    )
+    return {"attributes": updates, "transactional": mails}
+
+
+def test_a_feed_that_never_closes_gets_every_mail_and_attribute_update_out(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    # what the example input sends, measured with a closed input first
+    lines = (EXAMPLES / "events.ndjson").read_text().splitlines()
+    cmd = [sys.executable, "-m", "optisync", "push-event", "--input", "-"]
+    done = subprocess.run(
+        cmd, input="\n".join(lines) + "\n", text=True, capture_output=True, env=dict(os.environ)
+    )
+    assert done.returncode == 0, done.stderr
+    expected = delivered(box)
+    assert expected["attributes"] and expected["transactional"]
+    box.reset()
+
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ),
+    )
+    assert proc.stdin is not None
+    try:
+        for line in lines:
+            proc.stdin.write(line.encode() + b"\n")
+            proc.stdin.flush()
+        sent_at = time.monotonic()
+
+        # the pipe stays open: only the linger (300 ms) can send these
+        assert wait_for(lambda: delivered(box) == expected, 10), delivered(box)
+        assert time.monotonic() - sent_at < 5
+        assert proc.poll() is None, "the run ended though its input is still open"
+        mails = [r["body"]["TemplateID"] for r in box.received("transactional")]
+        assert len(mails) == len(set(mails))  # nothing mailed twice
+    finally:
+        proc.stdin.close()
+    assert proc.wait(timeout=30) == ExitCode.OK, proc.stderr.read().decode() if proc.stderr else ""
+    assert delivered(box) == expected
+
+
+# -- the run's one queue -------------------------------------------------------------------
+
+
+def test_the_reader_stays_at_most_its_bound_ahead_of_the_run() -> None:
+    produced: list[int] = []
+
+    def items() -> Iterator[int]:
+        for n in range(10_000):
+            produced.append(n)
+            yield n
+
+    inbox: Inbox[int] = Inbox(bound=8)
+    inbox.start(items())
+    time.sleep(0.2)
+    assert len(produced) <= 9  # the bound, plus the one it holds while waiting
+    for _ in range(3):
+        event = inbox.get(1)
+        assert event is not None and event[0] == Inbox.ITEM
+        inbox.took()
+    time.sleep(0.2)
+    assert len(produced) <= 12
+    inbox.close()
+
+
+def test_an_answer_is_settled_while_the_input_waits(fake: FakeOptimove, tmp_path: Path) -> None:
+    config = load_config(find_config(None))
+    push = Push(
+        config,
+        store=DeadLetterStore(tmp_path / "dl"),
+        client_factory=lambda: fake.client(config),
+        run_id="r",
+        config_hash="h",
+        only={"events", "attributes"},
+    )
+    release = threading.Event()
+
+    def records() -> Iterator[Record]:
+        yield check(tier(1, "M1", "Gold"), 1, "feed")
+        release.wait(30)  # a feed that has nothing more for now
+
+    result: list[Any] = []
+    runner = threading.Thread(target=lambda: result.append(push.run(records())), daemon=True)
+    runner.start()
+    try:
+        # the event and the attribute update (packed, then cut by the linger) are answered
+        # and counted while the input is still open
+        assert wait_for(lambda: push.summary.sent == 1, 10), push.summary.counts()
+        assert runner.is_alive()
+        assert len(fake.bodies("UpdateCustomerAttributes")) == 1
+    finally:
+        release.set()
+    runner.join(10)
+    assert result and result[0].exit_code() == ExitCode.OK
