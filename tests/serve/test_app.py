@@ -182,9 +182,7 @@ def test_metrics_parse_as_prometheus_text(tmp_path: Path) -> None:
     answer = client.get("/metrics")
     assert answer.status_code == 200
     families = {f.name: f for f in text_string_to_metric_families(answer.text)}
-    value = {
-        s.name: s.value for f in families.values() for s in f.samples if not s.labels
-    }
+    value = {s.name: s.value for f in families.values() for s in f.samples if not s.labels}
     assert value["optisync_serve_messages_received_total"] == 1
     assert value["optisync_serve_messages_invalid_total"] == 1
     assert value["optisync_serve_messages_rejected_by_optimove_total"] == 2
@@ -245,3 +243,19 @@ def test_a_bad_listen_address_is_a_config_error(tmp_path: Path, listen: str) -> 
     path.write_text(f"serve:\n  listen: '{listen}'\n")
     with pytest.raises(ConfigError):
         load_config(path)
+
+
+def test_validate_config_warns_about_a_serve_section_without_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optisync.config.load import validate_config
+
+    path = tmp_path / "optisync.yaml"
+    path.write_text("serve:\n  spool_dir: spool\n")
+    warned = [p.message for p in validate_config(path).warnings if p.key == "serve"]
+    assert warned and "refuse every request" in warned[0]
+    monkeypatch.setenv("OPTISYNC_SERVE__TOKENS", "some-token")
+    assert not [p for p in validate_config(path).warnings if p.key.startswith("serve")]
+    path.write_text("optimove:\n  concurrency: 2\n")  # no serve section: nothing to say
+    monkeypatch.delenv("OPTISYNC_SERVE__TOKENS")
+    assert not [p for p in validate_config(path).warnings if p.key.startswith("serve")]

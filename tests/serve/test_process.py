@@ -3,7 +3,6 @@ SIGTERM, and SIGKILL at random moments while a client keeps posting."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
