@@ -470,7 +470,9 @@ def serve_cmd(
     Callers POST to /v1/events with a bearer token; accepted messages are spooled durably,
     then sent as push-event sends them. SIGTERM finishes what was accepted and exits 0.
 
-    Example: OPTISYNC_SERVE__TOKENS=secret optisync serve --listen 127.0.0.1:8787
+    Callers' tokens come from OPTISYNC_SERVE__TOKENS or serve.tokens_file.
+
+    Example: optisync serve --listen 127.0.0.1:8787
     """
     from optisync.commands.serve import serve
 
