@@ -1,11 +1,11 @@
 """The spool: every accepted request body, durable before it is acknowledged.
 
 Each accepted POST becomes one file of NDJSON lines, written under a temporary name,
-fsynced, renamed and the folder fsynced (``durable.atomic_write``), so a 202 is only ever
-sent for messages that survive a crash. Files are named by a sequence number and the
-time of receipt; delivery reads them in that order. A file is removed once every message
-in it is settled (delivered or dead-lettered); a restart feeds the remaining files again
-and the journal beside them skips the parts already settled.
+fsynced, renamed and the folder fsynced (``durable.write_new`` and ``publish``), so a
+202 is only ever sent for messages that survive a crash. Files are named by a sequence
+number and the time of receipt; delivery reads them in that order. A file is removed once
+every message in it is settled (delivered or dead-lettered); a restart feeds the
+remaining files again and the journal beside them skips the parts already settled.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from optisync.durable import TMP_PREFIX, atomic_write, ensure_private_dir
+from optisync.durable import TMP_PREFIX, ensure_private_dir, publish, write_new
 from optisync.errors import StorageError
 from optisync.realtime.inputs import Record, read_ndjson
 
@@ -93,21 +94,25 @@ class Spool:
         Raises SpoolFullError over the limit, StorageError when the write fails.
         """
         data = b"".join(line.rstrip(b"\r\n") + b"\n" for line in lines)
-        with self._cond:
-            if self.full():
-                raise SpoolFullError
-            # Under the lock: the sequence is the delivery order, so names are taken and
-            # files published one at a time.
-            self._seq += 1
-            name = f"{self._seq:012d}-{time.time_ns()}{SUFFIX}"
-            try:
-                atomic_write(self.dir / name, data)
-            except OSError as exc:
-                raise StorageError(f"cannot write to the spool {self.dir}: {exc}") from None
-            self._files[name] = len(data)
-            self._queue.append(name)
-            self._left[name] = len(lines)
-            self._cond.notify_all()
+        if self.full():
+            raise SpoolFullError
+        # Written and fsynced under a temporary name outside the lock, so concurrent posts
+        # overlap their slowest step; the name (the delivery order) is taken at the rename.
+        tmp = self.dir / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            write_new(tmp, data)
+            with self._cond:
+                self._seq += 1
+                name = f"{self._seq:012d}-{time.time_ns()}{SUFFIX}"
+                publish(tmp, self.dir / name)
+                self._files[name] = len(data)
+                self._queue.append(name)
+                self._left[name] = len(lines)
+                self._cond.notify_all()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StorageError(f"cannot write to the spool {self.dir}: {exc}") from None
         return name
 
     # -- delivery --------------------------------------------------------------------------
