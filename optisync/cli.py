@@ -457,6 +457,29 @@ def _dataset_progress(out: Output) -> Iterator[Callable[[str, int, int], None] |
         yield update
 
 
+@app.command("serve")
+def serve_cmd(
+    ctx: typer.Context,
+    listen: Annotated[
+        str | None,
+        typer.Option("--listen", help="HOST:PORT to listen on (default: serve.listen)."),
+    ] = None,
+) -> None:
+    """Run the long-running connector: take events over HTTP and deliver them.
+
+    Callers POST to /v1/events with a bearer token; accepted messages are spooled durably,
+    then sent as push-event sends them. SIGTERM finishes what was accepted and exits 0.
+
+    Callers' tokens come from OPTISYNC_SERVE__TOKENS or serve.tokens_file.
+
+    Example: optisync serve --listen 127.0.0.1:8787
+    """
+    from optisync.commands.serve import serve
+
+    out = _output(ctx)
+    serve(out.config, listen=listen)
+
+
 @app.command("sandbox")
 def sandbox_cmd(
     host: Annotated[str, typer.Option(help="Loopback address to listen on.")] = "127.0.0.1",

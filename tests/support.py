@@ -393,3 +393,47 @@ class CallbackReceiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# -- optisync serve ------------------------------------------------------------------------
+
+
+def serve_config(url: str, tmp_path: Path) -> str:
+    """YAML of a config for ``optisync serve`` against a sandbox at ``url``: tier changes to
+    events and attributes, redemptions to events and the receipt mail, fast retries, a
+    spool and dead letters under ``tmp_path``."""
+    text = config_yaml(
+        url,
+        dead_letters=tmp_path / "dl",
+        optimove={
+            "concurrency": 4,
+            "rate_limit": {"requests": 10000, "per_seconds": 1},
+            "transactional_rate_limit": {"requests": 10000, "per_seconds": 1},
+            "timeouts": {"connect": 2, "read": 2},
+            "retry": {"max_attempts": 3, "base_delay": 0.001, "max_delay": 0.01},
+            "state_dir": str(tmp_path / "st"),
+        },
+        attributes={
+            "realtime": [
+                {
+                    "name": "TierName",
+                    "type": "string",
+                    "source": "data.tier",
+                    "events": ["MEMBER_TIER"],
+                }
+            ],
+            "emd": {"opt_in_key": "email_opt_in"},
+        },
+        events={
+            "MEMBER_TIER": {"name": "member_tier", "context": {"message_id": "id"}},
+            "REDEMPTION": {"name": "redemption", "context": {"message_id": "id"}},
+        },
+        templates=RECEIPT_TEMPLATE,
+        routing={
+            "rules": [
+                {"types": ["MEMBER_TIER"], "to": ["events", "attributes"]},
+                {"types": ["REDEMPTION"], "to": ["events", "email:receipt"]},
+            ]
+        },
+    )
+    return text + yaml.safe_dump({"serve": {"spool_dir": str(tmp_path / "spool")}})

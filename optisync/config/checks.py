@@ -38,6 +38,25 @@ def check(src: Source, config: Config) -> None:
     _optimove(src, config)
     _verdicts(src, config)
 
+    check_serve(src, config)
+
+
+def check_serve(src: Source, config: Config) -> None:
+    """``serve`` refuses every caller without a token; say so before it is started."""
+    if "serve" not in src.data:
+        return  # no serve section: the connector is not used with this file
+    if not config.secret_configured("serve.tokens"):
+        src.add(
+            ("serve",),
+            "no serve.tokens or serve.tokens_file: optisync serve would refuse every request",
+            severity="warning",
+            hint="export OPTISYNC_SERVE__TOKENS=... or set serve.tokens_file",
+        )
+    elif config.serve.tokens_file is not None:
+        path = config.path(config.serve.tokens_file)
+        if not path.exists():
+            src.add(("serve", "tokens_file"), f"{path} does not exist", severity="warning")
+
 
 def _raw_names(src: Source, key: str) -> list[tuple[int, str]]:
     section = src.data.get("attributes")

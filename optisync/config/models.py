@@ -7,6 +7,7 @@ documented, one comment per key, in ``examples/optisync.yaml``.
 import ipaddress
 import re
 import unicodedata
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -542,6 +543,59 @@ class BatchSection(Strict):
         return self
 
 
+# --- serve ------------------------------------------------------------------------------
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8787`` for IPv6) as host and port; ValueError otherwise."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8787")
+    return host, int(port)
+
+
+class ServeSettings(Strict):
+    listen: str = Field("127.0.0.1:8787", description="HOST:PORT the connector listens on")
+    tokens: SecretStr | None = Field(
+        None, description="bearer tokens callers present, comma-separated (from the environment)"
+    )
+    tokens_file: Path | None = Field(None, description="a file of bearer tokens, one a line")
+    max_body_mb: float = Field(8.0, gt=0, le=1024, description="largest request body accepted")
+    spool_dir: Path = Path("var/spool")
+    max_spool_mb: float = Field(
+        512.0, gt=0, description="above this the connector answers 503 until it drains"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_listen(value)
+        return value
+
+    def address(self) -> tuple[str, int]:
+        return split_listen(self.listen)
+
+    def token_list(self, resolve: Callable[[Path], Path] = lambda p: p) -> list[str]:
+        """Every accepted token, from ``tokens`` and ``tokens_file``; blank entries dropped.
+
+        Raises ConfigError (naming the key, never a value) for an unreadable file.
+        """
+        found: list[str] = []
+        if self.tokens is not None:
+            found += [t.strip() for t in self.tokens.get_secret_value().split(",")]
+        if self.tokens_file is not None:
+            try:
+                text = resolve(self.tokens_file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8"
+                raise ConfigError(
+                    f"serve.tokens_file: cannot read {self.tokens_file}: {reason}"
+                ) from None
+            found += [line.strip() for line in text.splitlines()]
+        return [t for t in found if t]
+
+
 class Config(Strict):
     optimove: OptimoveSettings = Field(default_factory=OptimoveSettings)
     attributes: AttributesSection = Field(default_factory=AttributesSection)
@@ -551,6 +605,7 @@ class Config(Strict):
     locale: LocaleSection = Field(default_factory=LocaleSection)
     dead_letter: DeadLetterSection = Field(default_factory=DeadLetterSection)
     batch: BatchSection = Field(default_factory=BatchSection)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
     # Where the file was read from: relative paths in it are relative to its folder.
     _base_dir: Path = PrivateAttr(default_factory=Path)
@@ -582,6 +637,8 @@ class Config(Strict):
                 getattr(self.optimove, name) is not None
                 or getattr(self.optimove, f"{name}_file") is not None
             )
+        if key == "serve.tokens":
+            return self.serve.tokens is not None or self.serve.tokens_file is not None
         return self.batch.snowflake is not None and (
             getattr(self.batch.snowflake, key.removeprefix("batch.snowflake.")) is not None
         )
@@ -598,6 +655,8 @@ class Config(Strict):
         value: str | None = None
         if key in ("optimove.api_key", "optimove.events_token"):
             value = self.optimove.secret(key.removeprefix("optimove."))  # type: ignore[arg-type]
+        elif key == "serve.tokens":
+            value = self.serve.tokens.get_secret_value() if self.serve.tokens else None
         elif self.batch.snowflake is not None:
             held: SecretStr | None = getattr(
                 self.batch.snowflake, key.removeprefix("batch.snowflake.")
@@ -624,6 +683,8 @@ SECRET_KEYS = (
     "optimove.events_token",
     "batch.snowflake.password",
     "batch.snowflake.private_key_passphrase",
+    # a secret so that OPTISYNC_SERVE__TOKENS is taken verbatim (never read as YAML)
+    "serve.tokens",
 )
 SECRET_ALIASES = {"api_key": "optimove.api_key", "events_token": "optimove.events_token"}
 

@@ -264,6 +264,9 @@ class OptimoveClient:
         }
         self._urls: dict[str, httpx.URL] = {}
         self._closed = False
+        # Told of every attempt: its endpoint, the seconds spent waiting for a rate-limit
+        # permit, and its outcome (a long-running service counts 429s and waits from it).
+        self.observer: Callable[[Endpoint, float, Outcome], None] | None = None
 
     # -- the one send path -----------------------------------------------------------------
 
@@ -467,15 +470,23 @@ class OptimoveClient:
         headers: dict[str, str],
         answers: list[bytes] | None = None,
     ) -> Outcome:
+        asked = self._clock()
         # The permit is held until the answer is in, so the limiter can count from then.
         with route.limiter.acquire():
+            waited = self._clock() - asked
             try:
                 response = self._post(route.url, content, headers, route.method)
             except httpx.TransportError as exc:
-                return classify_exception(exc)
+                outcome = classify_exception(exc)
+                if self.observer is not None:
+                    self.observer(route.endpoint, waited, outcome)
+                return outcome
         if answers is not None:
             answers.append(response.content)
-        return classify(response, transactional=route.transactional)
+        outcome = classify(response, transactional=route.transactional)
+        if self.observer is not None:
+            self.observer(route.endpoint, waited, outcome)
+        return outcome
 
     def _post(
         self, url: str, content: bytes, headers: dict[str, str], method: str = "POST"

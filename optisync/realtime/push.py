@@ -55,6 +55,7 @@ class Push:
         journal: Journal | None = None,
         opt_in_register: OptInRegister | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_settled: Callable[[Record, str], None] | None = None,
     ) -> None:
         self.config = config
         self.only = only
@@ -67,7 +68,12 @@ class Push:
         self.router = Router(config.routing.rules)
         self.planner = Planner(config, only, self.consent)
         self.settler = PushSettler(
-            self.summary, store=store, journal=journal, run_id=run_id, config_hash=config_hash
+            self.summary,
+            store=store,
+            journal=journal,
+            run_id=run_id,
+            config_hash=config_hash,
+            on_settled=on_settled,
         )
         self.journal = journal
         self.clock = clock
@@ -186,12 +192,19 @@ class Push:
 
     def take(self, record: Record) -> None:
         """Validate, route and plan one record, then queue its parts."""
+        outcome = self._plan(record)
+        if outcome is not None and not self.dry_run:
+            self.settler.settled(record, outcome)
+
+    def _plan(self, record: Record) -> str | None:
+        """None once the record's parts are queued (the settler reports it when they
+        settle), else the outcome that already settled it."""
         s = self.summary
         s.read += 1
         envelope = record.envelope
         if envelope is None:
             self._invalid(record, record.error or "invalid")
-            return
+            return "invalid"
         routed = self.router.route(envelope)
         if routed.unrouted:
             s.valid += 1
@@ -203,12 +216,12 @@ class Push:
                     s.plans.append(describe(record, routed, []))
             elif self.settler.keep_input(record, "no routing rule matches"):
                 s.dead_lettered += 1
-            return
+            return "unrouted"
         try:
             plan = self.planner.plan(envelope, routed.targets)
         except InvalidMessage as exc:
             self._invalid(record, str(exc))
-            return
+            return "invalid"
         s.valid += 1
         s.emd_unmapped.update(plan.emd_unmapped)
         if plan.suppressed:
@@ -217,14 +230,14 @@ class Push:
         if self.dry_run:
             if len(s.plans) < MAX_PLANS_SHOWN:
                 s.plans.append(describe(record, routed, plan.parts))
-            return
+            return None
         if not plan.parts:
             s.nothing_to_send += 1
-            return
+            return "nothing_to_send"
         parts = [p for p in plan.parts if not self.settler.handled(envelope.message_id, p.slot)]
         if not parts:
             s.skipped += 1
-            return
+            return "skipped"
         message = Message(record, remaining=len(parts))
         for part in parts:
             if s.stopped:
@@ -234,6 +247,7 @@ class Push:
             else:
                 for pack in self.batcher.add(message, part):
                     self.outbox.put(pack)
+        return None
 
     def _invalid(self, record: Record, reason: str) -> None:
         if self.dry_run:

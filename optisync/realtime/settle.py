@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Generic, Protocol, TypeVar
 
@@ -145,8 +146,10 @@ class PushSettler(Settler[Pack[Message]]):
         journal: Journal | None,
         run_id: str,
         config_hash: str,
+        on_settled: Callable[[Record, str], None] | None = None,
     ) -> None:
         super().__init__(summary)
+        self.on_settled = on_settled
         self.store = store
         self.journal = journal
         self.run_id = run_id
@@ -218,6 +221,13 @@ class PushSettler(Settler[Pack[Message]]):
                 self.summary.dead_lettered += 1
             else:
                 self.summary.sent += 1
+            self.settled(message.record, "dead_lettered" if message.failed else "sent")
+
+    def settled(self, record: Record, outcome: str) -> None:
+        """``record`` needs nothing more: every part accepted or kept as a letter, or it was
+        invalid, unrouted, skipped or had nothing to send (``outcome`` says which)."""
+        if self.on_settled is not None:
+            self.on_settled(record, outcome)
 
     # -- whole records -------------------------------------------------------------------
 

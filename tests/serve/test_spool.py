@@ -1,0 +1,76 @@
+"""The spool: order, removal once settled, and what a restart finds."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from optisync.durable import TMP_PREFIX
+from optisync.serve.spool import Spool, received_at
+from tests.support import tier_or_redemption
+
+
+def line(i: int) -> bytes:
+    return json.dumps(tier_or_redemption(i, False)).encode()
+
+
+def test_records_come_in_order_and_files_go_once_settled(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1 << 20)
+    first = spool.put([line(1), line(2)])
+    spool.put([line(3)])
+    assert received_at(first) is not None
+    assert spool.messages == 3
+    spool.close()
+    records = list(spool.records(lambda: False))
+    assert [r.envelope.message_id for r in records if r.envelope] == ["t-1", "t-2", "t-3"]
+    spool.settled(records[0])
+    assert (tmp_path / first).exists()  # one message of it is still unsettled
+    spool.settled(records[1])
+    assert not (tmp_path / first).exists()
+    spool.settled(records[2])
+    assert spool.empty() and spool.messages == 0 and spool.size == 0
+
+
+def test_a_restart_feeds_what_was_not_settled_and_drops_half_writes(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1 << 20)
+    spool.put([line(1)])
+    spool.put([line(2), line(3)])
+    (tmp_path / f"{TMP_PREFIX}000000000009-1.ndjson").write_bytes(line(9)[:10])
+    again = Spool(tmp_path, 1 << 20)
+    assert again.messages == 3
+    assert not list(tmp_path.glob(f"{TMP_PREFIX}*"))
+    again.close()
+    ids = [r.envelope.message_id for r in again.records(lambda: False) if r.envelope]
+    assert ids == ["t-1", "t-2", "t-3"]
+    assert again.put([line(4)]).startswith("000000000003-")  # the sequence goes on
+
+
+def test_the_feed_waits_for_new_messages(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1 << 20)
+    got: list[str] = []
+
+    def feed() -> None:
+        for record in spool.records(lambda: False):
+            assert record.envelope is not None
+            got.append(record.envelope.message_id)
+
+    reader = threading.Thread(target=feed)
+    reader.start()
+    spool.put([line(1)])
+    spool.put([line(2)])
+    spool.close()
+    reader.join(5)
+    assert not reader.is_alive()
+    assert got == ["t-1", "t-2"]
+
+
+def test_halt_ends_the_feed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1 << 20)
+    spool.put([line(1), line(2)])
+    halted = {"now": False}
+    records = spool.records(lambda: halted["now"])
+    next(records)
+    halted["now"] = True
+    assert list(records) == []
+    assert spool.messages == 2  # nothing settled: both stay for the next run
