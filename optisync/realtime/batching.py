@@ -114,12 +114,16 @@ class Batcher(Generic[M]):
         *,
         linger: float | None = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        mail_alone: bool = False,
     ) -> None:
-        """``linger`` None: packs go only when full or drained, whatever the time."""
+        """``linger`` None: packs go only when full or drained, whatever the time.
+        ``mail_alone``: one recipient per mail call (packs cut by time cannot be formed
+        again after a restart, and a bulk mail's id is its recipients')."""
         self.events_per_request = events_per_request
         self.linger = linger
         self.idle = linger * IDLE_SHARE if linger is not None else 0.0
         self.clock = clock
+        self.mail_alone = mail_alone
         self.pending: dict[str, Pack[M]] = {}
         self.promo_codes: set[str] = set()
 
@@ -143,6 +147,8 @@ class Batcher(Generic[M]):
         if endpoint is Endpoint.INSERT_OR_UPDATE_CUSTOMERS:
             return self._add_capped("customers", message, part)
         if endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL:
+            if self.mail_alone:
+                return [self._new(endpoint, message, part)]
             return self._add_capped(f"email:{part.body['TemplateID']}", message, part)
         if endpoint is Endpoint.ADD_PROMOTIONS:
             self.promo_codes.add(part.promo_code)

@@ -56,6 +56,7 @@ class Push:
         opt_in_register: OptInRegister | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_settled: Callable[[Record, str], None] | None = None,
+        stream: bool = False,
     ) -> None:
         self.config = config
         self.only = only
@@ -79,11 +80,15 @@ class Push:
         self.clock = clock
         # A journaled input (a file) packs by its order alone: a rerun then packs the same
         # calls, so a bulk mail sent again carries the same id and is refused, not mailed
-        # twice. Time cuts would make the packs depend on timing; a stream needs them.
+        # twice. Time cuts would make the packs depend on timing; a stream needs them. A
+        # journaled stream (serve's spool) needs both: it lingers, and sends each mail on
+        # its own, whose id is its message's own, so a restart never mails anyone twice.
+        lingering = journal is None or stream
         self.batcher: Batcher[Message] = Batcher(
             config.optimove.events_per_request,
-            linger=config.optimove.linger_ms / 1000 if journal is None else None,
+            linger=config.optimove.linger_ms / 1000 if lingering else None,
             clock=clock,
+            mail_alone=lingering and journal is not None,
         )
         self.outbox: Outbox[Message] = Outbox()
         self.inbox: Inbox[Record] = Inbox()

@@ -132,6 +132,7 @@ class Delivery:
                 journal=journal,
                 opt_in_register=self.register,
                 on_settled=self._settled,
+                stream=True,
             )
             summary = push.run(self.spool.records(lambda: push.summary.stopped is not None))
         finally:
