@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optisync.commands.realtime import (
     SEND_SECRETS,
@@ -18,15 +19,55 @@ from optisync.commands.realtime import (
     new_run_id,
 )
 from optisync.config import find_config, load_config
-from optisync.config.models import split_listen
+from optisync.config.models import Config, split_listen
 from optisync.errors import ConfigError, UsageError
 from optisync.lock import RunLock
 from optisync.realtime.deadletter import DeadLetterStore
+from optisync.realtime.verdicts import Verdicts
+
+if TYPE_CHECKING:
+    from optisync.serve.metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
 
 #: Seconds uvicorn gives open requests to finish after SIGTERM.
 GRACEFUL_SECONDS = 10
+
+
+#: Seconds between two looks for calls Optimove never answered.
+SWEEP_SECONDS = 30.0
+
+
+def _verdict_handler(
+    config: Config, store: DeadLetterStore, metrics: ServeMetrics, stack: ExitStack
+) -> Callable[[Mapping[str, str], bytes], tuple[int, dict[str, Any]]] | None:
+    """Optimove's verdicts on the calls sent with a callback URL (None without one): each
+    refused customer becomes a ``rejected`` letter; calls never answered are swept overdue."""
+    verdicts = Verdicts.from_config(config, store)
+    if verdicts is None:
+        return None
+
+    def handle(params: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        status, answer = verdicts.handle(params, body)
+        if status == 200:
+            metrics.count_rejected(int(answer.get("rejected", 0)))
+        metrics.verdict_calls(verdicts.counts())
+        return status, answer
+
+    stopping = threading.Event()
+
+    def sweep() -> None:
+        while not stopping.wait(SWEEP_SECONDS):
+            try:
+                metrics.overdue.inc(verdicts.sweep())
+                metrics.verdict_calls(verdicts.counts())
+            except Exception as exc:  # a sweep is retried at the next turn
+                log.warning("sweeping calls with no verdict failed: %s", exc)
+
+    sweeper = threading.Thread(target=sweep, name="optisync-verdict-sweep", daemon=True)
+    sweeper.start()
+    stack.callback(stopping.set)
+    return handle
 
 
 def serve(
@@ -76,6 +117,8 @@ def serve(
             register = OptInRegister(register_path(config.path(config.optimove.state_dir)))
             stack.callback(register.close)
         metrics = ServeMetrics()
+        if callback is None:
+            callback = _verdict_handler(config, store, metrics, stack)
         delivery = Delivery(
             config,
             spool,

@@ -3,6 +3,8 @@ its own (nothing global, so tests and several apps in one process never collide)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from optisync.optimove.outcome import Endpoint, Outcome
@@ -42,6 +44,17 @@ class ServeMetrics:
         self.rejected = Counter(
             "optisync_serve_messages_rejected_by_optimove",
             "Items Optimove rejected in an asynchronous verdict (callback).",
+            registry=r,
+        )
+        self.awaiting = Gauge(
+            "optisync_serve_verdict_calls",
+            "Calls sent with a callback URL whose verdict has not come, by state.",
+            ["state"],
+            registry=r,
+        )
+        self.overdue = Counter(
+            "optisync_serve_verdicts_overdue",
+            "Calls that had no verdict from Optimove within optimove.callback_timeout.",
             registry=r,
         )
         self.spooled = Gauge(
@@ -86,6 +99,11 @@ class ServeMetrics:
     def count_rejected(self, items: int = 1) -> None:
         """For the callback handler: ``items`` rejected by Optimove's verdict."""
         self.rejected.inc(items)
+
+    def verdict_calls(self, counts: Mapping[str, int]) -> None:
+        """Calls pending and overdue, as the verdicts folder holds them now."""
+        for state, count in counts.items():
+            self.awaiting.labels(state).set(count)
 
     def render(self) -> bytes:
         text: bytes = generate_latest(self.registry)

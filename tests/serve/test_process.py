@@ -3,6 +3,7 @@ SIGTERM, and SIGKILL at random moments while a client keeps posting."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -190,3 +191,78 @@ def test_kill_9_at_random_moments_loses_nothing_and_mails_nothing_twice(env: Env
     repeated = sum(n - 1 for n in events.values())
     assert repeated <= kills * 16
     assert not list((env.tmp / "spool").glob("*.ndjson"))
+
+
+def wait_until(check: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_quiet_feed_gets_its_mail_and_attribute_updates_out_while_serve_runs(
+    env: Env,
+) -> None:
+    proc = env.start()
+    messages = [tier_or_redemption(i, i % 2 == 0) for i in range(6)]
+    try:
+        env.post(messages)
+        # nothing more arrives: the partial packs must go after the linger, not at the end
+        mails = {m["email"] for m in messages if "email" in m}
+        tiers = {m["member_id"] for m in messages if m["type"] == "MEMBER_TIER"}
+
+        def all_out() -> bool:
+            _, sent, _ = delivered(env.box)
+            updated = {
+                entry["CustomerID"]
+                for rec in env.box.received("attributes")
+                for entry in rec["body"]["CustomerNewAttributesValuesList"]
+            }
+            return set(sent) == mails and tiers <= updated
+
+        assert wait_until(all_out, 10), "mail or attribute updates waited for more input"
+        assert proc.poll() is None
+    finally:
+        code = stop(proc)
+    assert code == 0
+    _, sent, uniques = delivered(env.box)
+    assert all(n == 1 for n in sent.values())
+    assert len(uniques) == len(set(uniques))
+
+
+def test_optimove_rejections_reach_serve_as_rejected_letters(env: Env) -> None:
+    # the sandbox knows no customer, so it refuses each tier update in its verdict
+    config = env.tmp / "optisync.yaml"
+    callback_url = f"{env.url}/v1/optimove/callback"
+    config.write_text(
+        config.read_text().replace(
+            "concurrency: 4", f"concurrency: 4\n  callback_url: {callback_url}"
+        )
+    )
+    assert callback_url in config.read_text()
+    proc = env.start()
+    letters = env.tmp / "dl" / "new"
+    try:
+        env.post([tier_or_redemption(1, False), tier_or_redemption(3, False)])
+
+        def rejected() -> list[dict[str, Any]]:
+            found = [json.loads(p.read_text()) for p in letters.glob("*.json")]
+            return [f for f in found if f["error"]["class"] == "rejected"]
+
+        assert wait_until(lambda: len(rejected()) == 2, 20), "no rejected letters came"
+        customers = {
+            entry["CustomerID"]
+            for letter in rejected()
+            for entry in letter["request"]["CustomerNewAttributesValuesList"]
+        }
+        assert customers == {"M1", "M3"}
+        assert all("INVALID_CUSTOMER" in letter["error"]["message"] for letter in rejected())
+        metrics = httpx.get(env.url + "/metrics", timeout=5).text
+        assert "optisync_serve_messages_rejected_by_optimove_total 2.0" in metrics
+        forged = httpx.post(f"{callback_url}?call=x&sig=y", json={"isSuccess": True})
+        assert forged.status_code == 403
+    finally:
+        code = stop(proc)
+    assert code == 0
