@@ -399,10 +399,17 @@ class CallbackReceiver:
 
 
 def serve_config(url: str, tmp_path: Path) -> str:
-    """YAML of a config for ``optisync serve`` against a sandbox at ``url``: tier changes to
-    events and attributes, redemptions to events and the receipt mail, fast retries, a
-    spool and dead letters under ``tmp_path``."""
-    text = config_yaml(
+    """YAML of :func:`tier_or_redemption_config` for ``optisync serve``, with its spool
+    under ``tmp_path``."""
+    text = tier_or_redemption_config(url, tmp_path)
+    return text + yaml.safe_dump({"serve": {"spool_dir": str(tmp_path / "spool")}})
+
+
+def tier_or_redemption_config(url: str, tmp_path: Path) -> str:
+    """YAML of a config for :func:`tier_or_redemption` messages against a sandbox at
+    ``url``: tier changes to events and attributes, redemptions to events and the receipt
+    mail, fast retries, dead letters and state under ``tmp_path``."""
+    return config_yaml(
         url,
         dead_letters=tmp_path / "dl",
         optimove={
@@ -436,4 +443,3 @@ def serve_config(url: str, tmp_path: Path) -> str:
             ]
         },
     )
-    return text + yaml.safe_dump({"serve": {"spool_dir": str(tmp_path / "spool")}})

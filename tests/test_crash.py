@@ -25,10 +25,9 @@ from optisync.sandbox import Faults, Sandbox, SandboxConfig
 from tests import oracle
 from tests.support import (
     EXAMPLES,
-    RECEIPT_TEMPLATE,
-    config_yaml,
     report,
     tier_or_redemption,
+    tier_or_redemption_config,
 )
 
 KEY, TOKEN = "crash-key", "crash-token"
@@ -47,42 +46,7 @@ def env(tmp_path: Path) -> Iterator[tuple[Sandbox, dict[str, str], Path]]:
     )
     with Sandbox(config) as box:
         path = tmp_path / "optisync.yaml"
-        path.write_text(
-            config_yaml(
-                box.url,
-                dead_letters=tmp_path / "dl",
-                optimove={
-                    "concurrency": 4,
-                    "rate_limit": {"requests": 10000, "per_seconds": 1},
-                    "transactional_rate_limit": {"requests": 10000, "per_seconds": 1},
-                    "timeouts": {"connect": 2, "read": 2},
-                    "retry": {"max_attempts": 3, "base_delay": 0.001, "max_delay": 0.01},
-                    "state_dir": str(tmp_path / "st"),
-                },
-                attributes={
-                    "realtime": [
-                        {
-                            "name": "TierName",
-                            "type": "string",
-                            "source": "data.tier",
-                            "events": ["MEMBER_TIER"],
-                        }
-                    ],
-                    "emd": {"opt_in_key": "email_opt_in"},
-                },
-                events={
-                    "MEMBER_TIER": {"name": "member_tier", "context": {"message_id": "id"}},
-                    "REDEMPTION": {"name": "redemption", "context": {"message_id": "id"}},
-                },
-                templates=RECEIPT_TEMPLATE,
-                routing={
-                    "rules": [
-                        {"types": ["MEMBER_TIER"], "to": ["events", "attributes"]},
-                        {"types": ["REDEMPTION"], "to": ["events", "email:receipt"]},
-                    ]
-                },
-            )
-        )
+        path.write_text(tier_or_redemption_config(box.url, tmp_path))
         environ = {
             **os.environ,
             "OPTISYNC_CONFIG": str(path),
