@@ -337,3 +337,26 @@ def test_an_answer_is_settled_while_the_input_waits(fake: FakeOptimove, tmp_path
         release.set()
     runner.join(10)
     assert result and result[0].exit_code() == ExitCode.OK
+
+
+def test_a_members_update_waits_until_the_call_creating_them_is_settled() -> None:
+    batcher: Batcher[int] = Batcher(1, linger=None)
+    create = Part(
+        Kind.ATTRIBUTES,
+        Endpoint.INSERT_OR_UPDATE_CUSTOMERS,
+        {"Customers": [{"CustomerId": "M1", "Attributes": []}]},
+        "attributes",
+    )
+    outbox: Outbox[int] = Outbox()
+    for n, part in enumerate([create, attributes("M1", "Gold"), attributes("M2", "Gold")]):
+        for pack in batcher.add(n, part):
+            outbox.put(pack)
+    for pack in batcher.drain():
+        outbox.put(pack)
+    creating = outbox.take()
+    assert creating is not None and creating.endpoint is Endpoint.INSERT_OR_UPDATE_CUSTOMERS
+    # M1's update (packed with M2's) may not go while M1 is being created
+    assert outbox.take() is None
+    outbox.settled(creating)
+    update = outbox.take()
+    assert update is not None and update.customers == {"M1", "M2"}
