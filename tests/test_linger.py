@@ -23,11 +23,19 @@ from optisync.optimove.outcome import Endpoint
 from optisync.realtime.batching import ORDERED, Batcher, Outbox, Pack
 from optisync.realtime.deadletter import DeadLetterStore, Kind
 from optisync.realtime.inputs import Record, check
+from optisync.realtime.journal import Journal
 from optisync.realtime.plan import Part
 from optisync.realtime.push import Push
 from optisync.realtime.sender import Inbox
 from optisync.sandbox import Sandbox, SandboxConfig
-from tests.support import EXAMPLES, FakeClock, FakeOptimove, use_sandbox
+from tests.support import (
+    EXAMPLES,
+    FakeClock,
+    FakeOptimove,
+    tier_or_redemption,
+    tier_or_redemption_config,
+    use_sandbox,
+)
 
 KEY, TOKEN = "linger-key-5d1e", "linger-token-9a0b"
 
@@ -87,6 +95,22 @@ def test_every_pending_pack_goes_once_the_input_is_idle() -> None:
         [Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, Endpoint.SEND_TRANSACTIONAL_MAIL, Endpoint.EVENTS]
     )
     assert batcher.pending == {} and batcher.deadline(last_input) is None
+
+
+def test_a_recorded_mail_waits_for_its_recipients_past_the_linger_but_not_past_idle() -> None:
+    clock = FakeClock()
+    batcher: Batcher[int] = Batcher(1, linger=0.5, clock=clock)
+    assert batcher.add_recorded("optisync-b3-x", 3, 1, mail(7, "u1")) == []
+    for n in (2, 3):  # busy input, each part a second apart: the linger passes, twice
+        clock.advance(1.0)
+        assert batcher.due(clock(), clock() - 0.01) == []
+        ready = batcher.add_recorded("optisync-b3-x", 3, n, mail(7, f"u{n}"))
+    [pack] = ready
+    assert pack.seal()["UniqueMessageID"] == "optisync-b3-x" and len(pack.items) == 3
+    # one recipient no longer comes: idle input sends the rest, still under the recorded id
+    batcher.add_recorded("optisync-b2-y", 2, 4, mail(7, "u4"))
+    [alone] = batcher.due(clock() + 1, clock())
+    assert alone.seal()["UniqueMessageID"] == "optisync-b2-y"
 
 
 def test_a_full_pack_goes_at_once_whatever_the_linger() -> None:
@@ -360,3 +384,60 @@ def test_a_members_update_waits_until_the_call_creating_them_is_settled() -> Non
     outbox.settled(creating)
     update = outbox.take()
     assert update is not None and update.customers == {"M1", "M2"}
+
+
+# -- a bulk mail formed again after a crash --------------------------------------------------
+
+
+def redemptions(*numbers: int) -> list[Record]:
+    return [check(tier_or_redemption(n, True), n, "spool") for n in numbers]
+
+
+def stream_push(config: Any, fake: FakeOptimove, journal: Journal, tmp_path: Path) -> Push:
+    return Push(
+        config,
+        store=DeadLetterStore(tmp_path / "dl"),
+        client_factory=lambda: fake.client(config),
+        run_id="r",
+        config_hash="h",
+        only={"email"},
+        journal=journal,
+        stream=True,
+    )
+
+
+def test_a_bulk_mail_in_the_air_at_a_crash_goes_again_as_the_same_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPTIMOVE_API_KEY", KEY)
+    path = tmp_path / "optisync.yaml"
+    path.write_text(tier_or_redemption_config("http://127.0.0.1:9", tmp_path))
+    config = load_config(path)
+    fake = FakeOptimove()
+    journal_file = tmp_path / "serve.journal"
+
+    first = Journal(journal_file)
+    stream_push(config, fake, first, tmp_path).run(redemptions(1, 3, 5))
+    first.close()
+    [call] = fake.bodies("SendTransactionalMail")
+    assert len(call["Recipients"]) == 3
+    # The process died once Optimove took the call but before more than one of its
+    # recipients was journalled: the call's record and that one entry survive.
+    lines = journal_file.read_text().splitlines(keepends=True)
+    assert lines[0].startswith("P ") and call["UniqueMessageID"] in lines[0]
+    journal_file.write_text(lines[0] + lines[1])
+
+    # The restart is fed those messages among new ones, so a pack cut by time alone
+    # would hold other recipients, and carry another id.
+    second = Journal(journal_file)
+    summary = stream_push(config, fake, second, tmp_path).run(redemptions(7, 3, 1, 9, 5, 11))
+    second.close()
+    calls = fake.bodies("SendTransactionalMail")[1:]
+    again = [c for c in calls if c["UniqueMessageID"] == call["UniqueMessageID"]]
+    assert len(again) == 1 and len(again[0]["Recipients"]) == 2  # the two not journalled
+    mailed = [r["Email"] for c in fake.bodies("SendTransactionalMail") for r in c["Recipients"]]
+    assert sorted({*mailed}) == sorted(f"m{n}@example.com" for n in (1, 3, 5, 7, 9, 11))
+    # Optimove refused the repeated id (409): nobody is mailed twice, and it counts as sent
+    assert len(fake.sent_uids) == 2
+    assert summary.duplicates == 2 and summary.sent == 5 and summary.skipped == 1
+    assert summary.dead_lettered == 0

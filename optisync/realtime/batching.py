@@ -6,9 +6,11 @@ order); mail packs by template up to the recipient cap; promotions pack up to th
 each code once per run; unsubscribers pack per brand up to the address cap, each address
 once per call; events pack when ``events_per_request`` asks for it; anything else (a
 re-subscription) goes alone. A partial pack goes once its oldest part has waited the
-linger, or once the input has been idle for a quarter of it (``Batcher.due``). Packs of the
-ordered family keep each customer's calls in input order, a customer's creation first
-(``Outbox``). See docs/realtime.md.
+linger, or once the input has been idle for a quarter of it (``Batcher.due``). A bulk mail
+an earlier run recorded is formed again from its recipients still unsettled, under its
+recorded id, and waits for all of them (``Batcher.add_recorded``). Packs of the ordered
+family keep each customer's calls in input order, a customer's creation first (``Outbox``).
+See docs/realtime.md.
 """
 
 from __future__ import annotations
@@ -68,11 +70,16 @@ class Pack(Generic[M]):
     # who the call is for: customers (attribute updates) or addresses (unsubscribers)
     customers: set[str] = field(default_factory=set)
     opened: float = 0.0  # when its oldest part arrived (the batcher's clock)
+    # a bulk mail formed again from an earlier run's record goes under that run's id
+    uid: str | None = None
+    expected: int = 0  # ...once it holds this many parts
     # the body actually sent, set once: a failed part's letter may need it
     sent: Any = None
 
     def body(self) -> Any:
         bodies = [part.body for _, part in self.items]
+        if self.uid is not None:
+            return pack_transactional(bodies, self.uid)
         if self.endpoint is Endpoint.ADD_PROMOTIONS:
             return [promo for body in bodies for promo in body]
         if len(bodies) == 1:
@@ -99,8 +106,11 @@ class Pack(Generic[M]):
         is what guarantees no second mail if the call did go through. Attribute updates,
         unsubscribers and events keep the member's own slice, which is safe to resend alone.
         """
-        if self.endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL and self.sent is not None:
-            return self.sent
+        if self.endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL:
+            if self.sent is not None:
+                return self.sent
+            if self.uid is not None:  # never sent by this run, but maybe by the earlier one
+                return self.body()
         return part.body
 
 
@@ -114,16 +124,12 @@ class Batcher(Generic[M]):
         *,
         linger: float | None = 0.0,
         clock: Callable[[], float] = time.monotonic,
-        mail_alone: bool = False,
     ) -> None:
-        """``linger`` None: packs go only when full or drained, whatever the time.
-        ``mail_alone``: one recipient per mail call (packs cut by time cannot be formed
-        again after a restart, and a bulk mail's id is its recipients')."""
+        """``linger`` None: packs go only when full or drained, whatever the time."""
         self.events_per_request = events_per_request
         self.linger = linger
         self.idle = linger * IDLE_SHARE if linger is not None else 0.0
         self.clock = clock
-        self.mail_alone = mail_alone
         self.pending: dict[str, Pack[M]] = {}
         self.promo_codes: set[str] = set()
 
@@ -147,8 +153,6 @@ class Batcher(Generic[M]):
         if endpoint is Endpoint.INSERT_OR_UPDATE_CUSTOMERS:
             return self._add_capped("customers", message, part)
         if endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL:
-            if self.mail_alone:
-                return [self._new(endpoint, message, part)]
             return self._add_capped(f"email:{part.body['TemplateID']}", message, part)
         if endpoint is Endpoint.ADD_PROMOTIONS:
             self.promo_codes.add(part.promo_code)
@@ -167,6 +171,20 @@ class Batcher(Generic[M]):
                 return [self.pending.pop(key), alone]
         return [alone]
 
+    def add_recorded(self, uid: str, expected: int, message: M, part: Part) -> list[Pack[M]]:
+        """Place a mail ``part`` an earlier run recorded in the call ``uid``, which still
+        has ``expected`` parts unsettled: that call is formed again and goes once it holds
+        them all (or the input is idle: one of them no longer comes as mail)."""
+        key = f"recorded:{uid}"
+        pack = self.pending.get(key)
+        if pack is None:
+            pack = self.pending[key] = Pack(part.endpoint, opened=self.clock(), uid=uid)
+            pack.expected = expected
+        pack.items.append((message, part))
+        if len(pack.items) >= pack.expected:
+            return [self.pending.pop(key)]
+        return []
+
     def drain(self) -> Iterator[Pack[M]]:
         """Every pack still collecting, emptied from the batcher as it is handed out."""
         for key in list(self.pending):
@@ -181,13 +199,18 @@ class Batcher(Generic[M]):
 
     def due(self, now: float, last_input: float) -> list[Pack[M]]:
         """The packs to send now though not full: every pack whose oldest part has waited
-        the linger, or all of them once nothing arrived for ``idle`` (``last_input``)."""
+        the linger, or all of them once nothing arrived for ``idle`` (``last_input``). A
+        recorded mail is not cut by time: it waits for its recipients, unless idle."""
         if self.linger is None:
             return []
         if now - last_input >= self.idle:
             return list(self.drain())
         linger = self.linger
-        keys = [k for k, pack in self.pending.items() if now - pack.opened >= linger]
+        keys = [
+            k
+            for k, pack in self.pending.items()
+            if now - pack.opened >= linger and pack.uid is None
+        ]
         return [self.pending.pop(key) for key in keys]
 
     def _cap(self, endpoint: Endpoint) -> int:
@@ -294,19 +317,22 @@ class Outbox(Generic[M]):
             yield pack
 
 
-def pack_transactional(bodies: list[Any]) -> Any:
+def pack_transactional(bodies: list[Any], uid: str | None = None) -> Any:
     """One SendTransactionalMail body for many recipients of one template.
 
-    Its UniqueMessageID is derived from the recipients' own ids, so the same batch always
-    carries the same id and a resend of it is answered 409, never mailed twice.
+    Its UniqueMessageID (unless ``uid`` gives the one an earlier run recorded) is derived
+    from the recipients' own ids, so the same batch always carries the same id and a resend
+    of it is answered 409, never mailed twice.
     """
-    if len(bodies) == 1:
-        return bodies[0]
-    uids = sorted(body["UniqueMessageID"] for body in bodies)
-    digest = hashlib.sha256("\x1f".join(uids).encode()).hexdigest()[:40]
+    if uid is None:
+        if len(bodies) == 1:
+            return bodies[0]
+        uids = sorted(body["UniqueMessageID"] for body in bodies)
+        digest = hashlib.sha256("\x1f".join(uids).encode()).hexdigest()[:40]
+        uid = f"optisync-b{len(bodies)}-{digest}"
     return {
         "TemplateID": bodies[0]["TemplateID"],
-        "UniqueMessageID": f"optisync-b{len(bodies)}-{digest}",
+        "UniqueMessageID": uid,
         "Recipients": [r for body in bodies for r in body["Recipients"]],
     }
 

@@ -5,6 +5,11 @@ same file skips every part recorded there, so nothing Optimove acknowledged is s
 A part is recorded only once it is settled — accepted by Optimove, or safely written as a
 dead letter — so nothing is skipped that was not handled. Entries are short hashes, not
 member data.
+
+A bulk mail's recipients are recorded too, before the call goes out (``record_pack``): a
+pack cut by time cannot be formed again by a rerun, so a rerun sends the recipients it
+finds there, still unsettled, as that same call again, under the same ``UniqueMessageID``,
+which Optimove refuses (409) if the first call went through. Nobody is mailed twice.
 """
 
 import hashlib
@@ -22,6 +27,9 @@ def journal_path(state_dir: Path, input_file: Path) -> Path:
     return state_dir / "journals" / f"{digest}.journal"
 
 
+_PACK = "P "  # a line recording a bulk mail's parts; entries are 24 hex characters
+
+
 def _key(message_id: str, slot: str) -> str:
     return hashlib.sha1(f"{message_id}\x1f{slot}".encode(), usedforsecurity=False).hexdigest()[:24]
 
@@ -30,6 +38,7 @@ class Journal:
     def __init__(self, path: Path, *, fresh: bool = False) -> None:
         self.path = path
         self._done: set[str] = set()
+        self._packs: dict[str, tuple[str, list[str]]] = {}  # part key -> its recorded call
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if fresh:
@@ -38,8 +47,15 @@ class Journal:
             fd = open_private(path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
             self._file: IO[str] = os.fdopen(fd, "a+", encoding="ascii", errors="replace")
             self._file.seek(0)
-            # a line cut short by a kill is ignored: that part is simply redone
-            self._done = {line[:24] for line in self._file if len(line) == 25}
+            # a line cut short by a kill is ignored: that part is simply redone, and the
+            # call of a pack line cut short never went out (it is written first)
+            for line in self._file:
+                if len(line) == 25:
+                    self._done.add(line[:24])
+                elif line.startswith(_PACK) and line.endswith("\n"):
+                    _, uid, *keys = line.split()
+                    for key in keys:
+                        self._packs[key] = (uid, keys)
             self._file.seek(0, os.SEEK_END)
         except OSError as exc:
             reason = "it is a symbolic link" if is_symlink_error(exc) else exc.strerror or exc
@@ -56,6 +72,24 @@ class Journal:
 
     def record(self, message_id: str, slot: str) -> None:
         self._file.write(_key(message_id, slot) + "\n")
+
+    def record_pack(self, uid: str, parts: list[tuple[str, str]]) -> None:
+        """A bulk mail's ``UniqueMessageID`` and parts (message id, slot), handed to the OS
+        before the call goes out."""
+        keys = " ".join(_key(message_id, slot) for message_id, slot in parts)
+        self._file.write(f"{_PACK}{uid} {keys}\n")
+        self.flush()
+
+    def recorded_pack(self, message_id: str, slot: str) -> tuple[str, int] | None:
+        """The call an earlier run recorded this part in: its ``UniqueMessageID`` and how
+        many of its parts are still unsettled (this one among them), or None."""
+        if not self._packs:
+            return None
+        found = self._packs.get(_key(message_id, slot))
+        if found is None:
+            return None
+        uid, keys = found
+        return uid, sum(key not in self._done for key in keys)
 
     def flush(self) -> None:
         """Hand the entries to the OS: they survive a killed process from here on."""

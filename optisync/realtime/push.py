@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 from optisync.config.models import Config
 from optisync.errors import StorageError
 from optisync.optimove.client import OptimoveClient
-from optisync.optimove.outcome import Delivery
+from optisync.optimove.outcome import Delivery, Endpoint
 from optisync.realtime.batching import Batcher, Outbox, Pack
 from optisync.realtime.deadletter import DeadLetterStore
 from optisync.realtime.inputs import Record
 from optisync.realtime.journal import Journal
-from optisync.realtime.plan import Consent, InvalidMessage, Planner, describe
+from optisync.realtime.plan import Consent, InvalidMessage, Part, Planner, describe
 from optisync.realtime.routing import Router
 from optisync.realtime.sender import Inbox, Sender, in_flight_bound, stoppable
 from optisync.realtime.settle import Message, PushSettler, not_sent_error
@@ -78,17 +78,14 @@ class Push:
         )
         self.journal = journal
         self.clock = clock
-        # A journaled input (a file) packs by its order alone: a rerun then packs the same
-        # calls, so a bulk mail sent again carries the same id and is refused, not mailed
-        # twice. Time cuts would make the packs depend on timing; a stream needs them. A
-        # journaled stream (serve's spool) needs both: it lingers, and sends each mail on
-        # its own, whose id is its message's own, so a restart never mails anyone twice.
+        # A journaled file packs by its order alone, so its calls do not depend on timing;
+        # a stream needs time cuts. Either way, a journal records each bulk mail's
+        # recipients before it goes, so a rerun sends them as that same call again.
         lingering = journal is None or stream
         self.batcher: Batcher[Message] = Batcher(
             config.optimove.events_per_request,
             linger=config.optimove.linger_ms / 1000 if lingering else None,
             clock=clock,
-            mail_alone=lingering and journal is not None,
         )
         self.outbox: Outbox[Message] = Outbox()
         self.inbox: Inbox[Record] = Inbox()
@@ -250,9 +247,16 @@ class Push:
             elif self.batcher.already_sent(part):
                 self.settler.part_delivered(message, part)
             else:
-                for pack in self.batcher.add(message, part):
+                for pack in self._add(message, part):
                     self.outbox.put(pack)
         return None
+
+    def _add(self, message: Message, part: Part) -> list[Pack[Message]]:
+        if self.journal is not None and part.endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL:
+            recorded = self.journal.recorded_pack(message.message_id, part.slot)
+            if recorded is not None:
+                return self.batcher.add_recorded(*recorded, message, part)
+        return self.batcher.add(message, part)
 
     def _invalid(self, record: Record, reason: str) -> None:
         if self.dry_run:
@@ -274,7 +278,16 @@ class Push:
             self.sender = Sender(
                 self.client_factory(), self.config.optimove.concurrency, wake=self.inbox.wake
             )
-        self.sender.submit(pack.endpoint, pack.seal(), pack)
+        body = pack.seal()
+        if (
+            self.journal is not None
+            and pack.endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL
+            and len(pack.items) > 1
+            and pack.uid is None  # a call formed again is on record already
+        ):
+            parts = [(message.message_id, part.slot) for message, part in pack.items]
+            self.journal.record_pack(body["UniqueMessageID"], parts)
+        self.sender.submit(pack.endpoint, body, pack)
         self.summary.requests += 1
 
     def _finish(self) -> None:

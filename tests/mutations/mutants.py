@@ -47,6 +47,16 @@ MUTANTS = (
         ),
     ),
     Mutant(
+        "a recorded bulk mail formed anew after a restart",
+        "optisync/realtime/push.py",
+        "            recorded = self.journal.recorded_pack(message.message_id, part.slot)",
+        "            recorded = None",
+        (
+            "tests/test_linger.py::"
+            "test_a_bulk_mail_in_the_air_at_a_crash_goes_again_as_the_same_call",
+        ),
+    ),
+    Mutant(
         "no dead letter written for a failed part",
         "optisync/realtime/settle.py",
         "        self._write(\n            DeadLetter(\n"
