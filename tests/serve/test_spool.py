@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
+import pytest
+
+import optisync.serve.spool as spool_module
 from optisync.durable import TMP_PREFIX
+from optisync.errors import StorageError
 from optisync.serve.spool import Spool, received_at
 from tests.support import tier_or_redemption
 
@@ -74,3 +79,63 @@ def test_halt_ends_the_feed(tmp_path: Path) -> None:
     halted["now"] = True
     assert list(records) == []
     assert spool.messages == 2  # nothing settled: both stay for the next run
+
+
+def test_posts_arriving_during_a_write_share_the_next_file_and_each_waits_for_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = spool_module.write_new
+    writes: list[int] = []
+
+    def slow_write(path: Path, data: bytes) -> None:
+        time.sleep(0.05)  # a slow disk: posts pile up behind the write in progress
+        real_write(path, data)
+        writes.append(data.count(b"\n"))
+
+    monkeypatch.setattr(spool_module, "write_new", slow_write)
+    spool = Spool(tmp_path, 1 << 20)
+    names: dict[int, str] = {}
+
+    def post(i: int) -> None:
+        names[i] = spool.put([line(i)])
+        # by the time put returns, the caller's own line is on disk under that name
+        assert line(i) + b"\n" in (tmp_path / names[i]).read_bytes()
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(names) == list(range(40))
+    assert sum(writes) == 40 and len(writes) < 20  # grouped: far fewer files than posts
+    assert spool.messages == 40 and len(set(names.values())) == len(writes)
+
+
+def test_a_failed_group_write_fails_every_post_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = threading.Event()
+
+    def failing_write(path: Path, data: bytes) -> None:
+        gate.wait(5)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool_module, "write_new", failing_write)
+    spool = Spool(tmp_path, 1 << 20)
+    errors: list[BaseException] = []
+
+    def post(i: int) -> None:
+        try:
+            spool.put([line(i)])
+        except StorageError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert len(errors) == 5 and spool.messages == 0 and spool.empty()
+    assert not list(tmp_path.glob("*.ndjson"))
