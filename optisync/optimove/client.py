@@ -96,21 +96,30 @@ class OptimoveAuthError(AuthError):
         self.delivery = delivery
 
     @classmethod
-    def from_delivery(cls, delivery: Delivery) -> OptimoveAuthError:
-        if delivery.endpoint == Endpoint.EVENTS:
-            credential, setting = "events token", "optimove.events_token"
+    def from_delivery(cls, delivery: Delivery, events_auth: str = "token") -> OptimoveAuthError:
+        """``events_auth`` (the setting) says which credential the events host was given."""
+        hint = "check {}: it may be wrong, revoked, or lack rights for this call"
+        if delivery.endpoint != Endpoint.EVENTS:
+            credential, hint = "API key", hint.format("optimove.api_key")
+        elif events_auth == "api_key_header":
+            credential = "API key in X-API-KEY"
+            hint = hint.format("optimove.api_key") + (
+                ", or the events host may want the events token (optimove.events_auth: token)"
+            )
+        elif events_auth == "none":
+            credential = "unauthenticated request"
+            hint = (
+                "optimove.events_auth is none, but the events host wants a credential: set"
+                " optimove.events_token with events_auth: token"
+            )
         else:
-            credential, setting = "API key", "optimove.api_key"
+            credential, hint = "events token", hint.format("optimove.events_token")
         message = (
             f"Optimove refused the {credential} (HTTP {delivery.status}) on {delivery.endpoint}"
         )
         if delivery.error:
             message += f": {delivery.error}"
-        return cls(
-            message,
-            delivery=delivery,
-            hint=f"check {setting}: it may be wrong, revoked, or lack rights for this call",
-        )
+        return cls(message, delivery=delivery, hint=hint)
 
 
 def encode_body(body: Body) -> bytes:
@@ -402,7 +411,7 @@ class OptimoveClient:
             body=content,
         )
         if delivery.outcome == "auth":
-            raise OptimoveAuthError.from_delivery(delivery)
+            raise OptimoveAuthError.from_delivery(delivery, self._settings.events_auth)
         return delivery
 
     def _retry(

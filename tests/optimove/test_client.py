@@ -267,6 +267,23 @@ def test_auth_failure_on_events_names_the_events_token(make_client: MakeClient) 
     assert "events token" in info.value.message
 
 
+@pytest.mark.parametrize(
+    ("events_auth", "named", "setting"),
+    [
+        ("api_key_header", "API key in X-API-KEY", "optimove.api_key"),
+        ("none", "unauthenticated request", "optimove.events_token"),
+    ],
+)
+def test_auth_failure_on_events_names_the_credential_the_events_host_was_given(
+    make_client: MakeClient, events_auth: str, named: str, setting: str
+) -> None:
+    client = make_client(Recorder(ok(401)), events_auth=events_auth, events_token=None)
+    with pytest.raises(OptimoveAuthError) as info:
+        client.send(Endpoint.EVENTS, EVENT_BODY)
+    assert named in info.value.message and "events token" not in info.value.message
+    assert info.value.hint is not None and setting in info.value.hint
+
+
 # -- retries -----------------------------------------------------------------------------
 
 
