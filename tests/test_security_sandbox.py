@@ -54,6 +54,18 @@ def test_cli_allow_remote_reaches_the_config(monkeypatch: pytest.MonkeyPatch) ->
     assert [c.allow_remote for c in seen] == [True, False]
 
 
+def test_cli_customers_file_lists_the_customers_that_exist(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: list[SandboxConfig] = []
+    monkeypatch.setattr("optisync.sandbox.serve", lambda config, host, port: seen.append(config))
+    listed = tmp_path / "customers.txt"
+    listed.write_text("M1\n  M2  \n\nM-ü3\n", encoding="utf-8")
+    invoke("sandbox", "--api-key", "k", "--customers", str(listed))
+    invoke("sandbox", "--api-key", "k")
+    assert [c.customers for c in seen] == [frozenset({"M1", "M2", "M-ü3"}), frozenset()]
+
+
 def test_default_key_is_random_and_printed_once(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[SandboxConfig] = []
     monkeypatch.setattr("optisync.sandbox.serve", lambda config, host, port: seen.append(config))
