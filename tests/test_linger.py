@@ -20,7 +20,7 @@ import pytest
 from optisync.config import find_config, load_config
 from optisync.errors import ExitCode
 from optisync.optimove.outcome import Endpoint
-from optisync.realtime.batching import ORDERED, Batcher, Outbox, Pack
+from optisync.realtime.batching import ORDERED, RECORDED_WAIT, Batcher, Outbox, Pack
 from optisync.realtime.deadletter import DeadLetterStore, Kind
 from optisync.realtime.inputs import Record, check
 from optisync.realtime.journal import Journal
@@ -109,8 +109,25 @@ def test_a_recorded_mail_waits_for_its_recipients_past_the_linger_but_not_past_i
     assert pack.seal()["UniqueMessageID"] == "optisync-b3-x" and len(pack.items) == 3
     # one recipient no longer comes: idle input sends the rest, still under the recorded id
     batcher.add_recorded("optisync-b2-y", 2, 4, mail(7, "u4"))
+    assert batcher.deadline(clock()) == pytest.approx(clock() + 0.125)  # not the past
     [alone] = batcher.due(clock() + 1, clock())
     assert alone.seal()["UniqueMessageID"] == "optisync-b2-y"
+    # ...and if it does come after all, it goes as new mail, not under an id Optimove may
+    # refuse because the part before it went
+    assert batcher.add_recorded("optisync-b2-y", 2, 5, mail(7, "u5")) == []
+    [late] = batcher.drain()
+    assert late.uid is None and late.seal()["UniqueMessageID"] == "u5"
+
+
+def test_a_recorded_mail_is_cut_by_time_only_after_the_longer_wait() -> None:
+    clock = FakeClock()
+    batcher: Batcher[int] = Batcher(1, linger=0.5, clock=clock)
+    batcher.add_recorded("optisync-b2-z", 2, 1, mail(7, "u1"))
+    clock.advance(RECORDED_WAIT - 1)
+    assert batcher.due(clock(), clock()) == []  # input never idle, the linger long past
+    clock.advance(1)
+    [pack] = batcher.due(clock(), clock())
+    assert pack.uid == "optisync-b2-z"
 
 
 def test_a_full_pack_goes_at_once_whatever_the_linger() -> None:
@@ -441,3 +458,36 @@ def test_a_bulk_mail_in_the_air_at_a_crash_goes_again_as_the_same_call(
     assert len(fake.sent_uids) == 2
     assert summary.duplicates == 2 and summary.sent == 5 and summary.skipped == 1
     assert summary.dead_lettered == 0
+
+
+def test_serve_does_not_mail_a_resent_message_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPTIMOVE_API_KEY", KEY)
+    path = tmp_path / "optisync.yaml"
+    path.write_text(tier_or_redemption_config("http://127.0.0.1:9", tmp_path))
+    fake = FakeOptimove()
+    journal = Journal(tmp_path / "serve.journal")
+    # the caller got no answer and posted message 3 again
+    summary = stream_push(load_config(path), fake, journal, tmp_path).run(redemptions(1, 3, 3, 5))
+    journal.close()
+    mailed = [r["Email"] for c in fake.bodies("SendTransactionalMail") for r in c["Recipients"]]
+    assert sorted(mailed) == ["m1@example.com", "m3@example.com", "m5@example.com"]
+    assert summary.sent == 3 and summary.skipped == 1
+
+
+def test_a_journal_line_cut_short_by_a_kill_stays_apart_from_the_next_runs(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "serve.journal"
+    first = Journal(path)
+    first.record_pack("optisync-b2-a", [("r-1", "email:receipt"), ("r-3", "email:receipt")])
+    first.close()
+    path.write_text(path.read_text()[:-20])  # the kill: the line cut short, no newline
+    second = Journal(path)
+    assert second.recorded_pack("r-1", "email:receipt") is None  # a torn record is no record
+    second.record_pack("optisync-b1-b", [("r-5", "email:receipt")])
+    second.close()
+    third = Journal(path)
+    assert third.recorded_pack("r-5", "email:receipt") == ("optisync-b1-b", 1)
+    assert third.recorded_pack("r-1", "email:receipt") is None

@@ -59,6 +59,9 @@ ORDERED: dict[Endpoint, Callable[[Any], str]] = {
 # the tail of a burst then goes at once, while a feed with messages a few tens of
 # milliseconds apart still fills packs (and spares the quota).
 IDLE_SHARE = 0.25
+# A recorded mail waits this long for its recipients while input goes on: a restart feeds
+# them all at once, unless one no longer comes as mail (the config changed meanwhile).
+RECORDED_WAIT = 30.0
 
 
 @dataclass
@@ -132,6 +135,7 @@ class Batcher(Generic[M]):
         self.clock = clock
         self.pending: dict[str, Pack[M]] = {}
         self.promo_codes: set[str] = set()
+        self.recorded_out: set[str] = set()  # recorded mails formed again and gone
 
     def already_sent(self, part: Part) -> bool:
         """A promotion code this run already packed: Optimove needs each code once."""
@@ -175,6 +179,10 @@ class Batcher(Generic[M]):
         """Place a mail ``part`` an earlier run recorded in the call ``uid``, which still
         has ``expected`` parts unsettled: that call is formed again and goes once it holds
         them all (or the input is idle: one of them no longer comes as mail)."""
+        if uid in self.recorded_out:
+            # that call went out without this part (cut short): the part goes as new mail,
+            # never under an id Optimove may already have refused for the part before
+            return self.add(message, part)
         key = f"recorded:{uid}"
         pack = self.pending.get(key)
         if pack is None:
@@ -182,36 +190,42 @@ class Batcher(Generic[M]):
             pack.expected = expected
         pack.items.append((message, part))
         if len(pack.items) >= pack.expected:
-            return [self.pending.pop(key)]
+            return [self._pop(key)]
         return []
 
     def drain(self) -> Iterator[Pack[M]]:
         """Every pack still collecting, emptied from the batcher as it is handed out."""
         for key in list(self.pending):
-            yield self.pending.pop(key)
+            yield self._pop(key)
+
+    def _pop(self, key: str) -> Pack[M]:
+        pack = self.pending.pop(key)
+        if pack.uid is not None:
+            self.recorded_out.add(pack.uid)
+        return pack
 
     def deadline(self, last_input: float) -> float | None:
         """When the next pack falls due (see ``due``), or None when none is collecting."""
         if not self.pending or self.linger is None:
             return None
-        oldest = min(pack.opened for pack in self.pending.values())
-        return min(oldest + self.linger, last_input + self.idle)
+        due = [self._waits(pack) + pack.opened for pack in self.pending.values()]
+        return min(*due, last_input + self.idle)
 
     def due(self, now: float, last_input: float) -> list[Pack[M]]:
         """The packs to send now though not full: every pack whose oldest part has waited
         the linger, or all of them once nothing arrived for ``idle`` (``last_input``). A
-        recorded mail is not cut by time: it waits for its recipients, unless idle."""
+        recorded mail waits longer for its recipients (``RECORDED_WAIT``), unless idle."""
         if self.linger is None:
             return []
         if now - last_input >= self.idle:
             return list(self.drain())
-        linger = self.linger
-        keys = [
-            k
-            for k, pack in self.pending.items()
-            if now - pack.opened >= linger and pack.uid is None
-        ]
-        return [self.pending.pop(key) for key in keys]
+        keys = [k for k, pack in self.pending.items() if now - pack.opened >= self._waits(pack)]
+        return [self._pop(key) for key in keys]
+
+    def _waits(self, pack: Pack[M]) -> float:
+        """How long ``pack`` may collect while input goes on."""
+        assert self.linger is not None
+        return self.linger if pack.uid is None else max(RECORDED_WAIT, self.linger)
 
     def _cap(self, endpoint: Endpoint) -> int:
         return CAPS.get(endpoint, self.events_per_request)

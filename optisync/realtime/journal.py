@@ -27,7 +27,7 @@ def journal_path(state_dir: Path, input_file: Path) -> Path:
     return state_dir / "journals" / f"{digest}.journal"
 
 
-_PACK = "P "  # a line recording a bulk mail's parts; entries are 24 hex characters
+_PACK = "P "  # a line recording a bulk mail's id and parts; entries are 24 hex characters
 
 
 def _key(message_id: str, slot: str) -> str:
@@ -49,20 +49,31 @@ class Journal:
             self._file.seek(0)
             # a line cut short by a kill is ignored: that part is simply redone, and the
             # call of a pack line cut short never went out (it is written first)
+            line = ""
             for line in self._file:
                 if len(line) == 25:
                     self._done.add(line[:24])
-                elif line.startswith(_PACK) and line.endswith("\n"):
-                    _, uid, *keys = line.split()
-                    for key in keys:
-                        self._packs[key] = (uid, keys)
+                elif line.startswith(_PACK):
+                    self._read_pack(line)
             self._file.seek(0, os.SEEK_END)
+            if self._file.tell() and not line.endswith("\n"):
+                self._file.write("\n")  # a line cut short stays apart from what follows
         except OSError as exc:
             reason = "it is a symbolic link" if is_symlink_error(exc) else exc.strerror or exc
             raise StorageError(
                 f"cannot use the input journal {path}: {reason}",
                 hint="check optimove.state_dir is writable and has space",
             ) from None
+
+    def _read_pack(self, line: str) -> None:
+        # "P <id> <count> <key>...": a line cut short lacks keys, or has its last one short
+        fields = line.split()
+        if len(fields) < 3:
+            return
+        _, uid, count, *keys = fields
+        if count.isdigit() and int(count) == len(keys) and all(len(k) == 24 for k in keys):
+            for key in keys:
+                self._packs[key] = (uid, keys)
 
     def __len__(self) -> int:
         return len(self._done)
@@ -74,11 +85,15 @@ class Journal:
         self._file.write(_key(message_id, slot) + "\n")
 
     def record_pack(self, uid: str, parts: list[tuple[str, str]]) -> None:
-        """A bulk mail's ``UniqueMessageID`` and parts (message id, slot), handed to the OS
-        before the call goes out."""
+        """A bulk mail's ``UniqueMessageID`` and parts (message id, slot), on disk before
+        the call goes out."""
         keys = " ".join(_key(message_id, slot) for message_id, slot in parts)
-        self._file.write(f"{_PACK}{uid} {keys}\n")
+        self._file.write(f"{_PACK}{uid} {len(parts)} {keys}\n")
         self.flush()
+        try:  # a record lost to a power cut would let a rerun mail these recipients again
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise StorageError(f"cannot write the input journal {self.path}: {exc}") from None
 
     def recorded_pack(self, message_id: str, slot: str) -> tuple[str, int] | None:
         """The call an earlier run recorded this part in: its ``UniqueMessageID`` and how

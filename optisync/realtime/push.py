@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from optisync.config.models import Config
 from optisync.errors import StorageError
 from optisync.optimove.client import OptimoveClient
 from optisync.optimove.outcome import Delivery, Endpoint
-from optisync.realtime.batching import Batcher, Outbox, Pack
+from optisync.realtime.batching import Batcher, Outbox, Pack, pack_transactional
 from optisync.realtime.deadletter import DeadLetterStore
 from optisync.realtime.inputs import Record
 from optisync.realtime.journal import Journal
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ClientFactory = Callable[[], OptimoveClient]
+#: Mail parts serve remembers, to know a caller's resend of a recent message.
+RECENT_MAIL = 100_000
 
 
 class Push:
@@ -87,6 +89,11 @@ class Push:
             linger=config.optimove.linger_ms / 1000 if lingering else None,
             clock=clock,
         )
+        # serve: the mail parts of the latest messages, so a caller's resend of a message
+        # is not mailed again (a bulk mail's id is its recipients', not the message's)
+        self.recent_mail: OrderedDict[tuple[str, str], None] | None = (
+            OrderedDict() if stream and journal is not None else None
+        )
         self.outbox: Outbox[Message] = Outbox()
         self.inbox: Inbox[Record] = Inbox()
         self.sender: Sender[Pack[Message]] | None = None  # built on the first send
@@ -126,6 +133,8 @@ class Push:
             if self.sender is not None:
                 self._settle_done()
             if backlog and self._room() > 0:
+                # input held back is input all the same: the feed is not idle
+                last_input = self.clock()
                 self._take(backlog.popleft(), progress)
                 continue
             if ended and not backlog:  # records still waiting belong in these packs
@@ -236,20 +245,47 @@ class Push:
         if not plan.parts:
             s.nothing_to_send += 1
             return "nothing_to_send"
-        parts = [p for p in plan.parts if not self.settler.handled(envelope.message_id, p.slot)]
+        parts = [
+            p
+            for p in plan.parts
+            if not self.settler.handled(envelope.message_id, p.slot)
+            and not self._mailed_lately(envelope.message_id, p)
+        ]
         if not parts:
             s.skipped += 1
             return "skipped"
         message = Message(record, remaining=len(parts))
         for part in parts:
             if s.stopped:
-                self.settler.part_failed(message, part, not_sent_error(s))
+                request = self._recorded_request(message, part)
+                self.settler.part_failed(message, part, not_sent_error(s), request=request)
             elif self.batcher.already_sent(part):
                 self.settler.part_delivered(message, part)
             else:
                 for pack in self._add(message, part):
                     self.outbox.put(pack)
         return None
+
+    def _mailed_lately(self, message_id: str, part: Part) -> bool:
+        """A mail part this serve run already took (a caller's resend): it is not mailed
+        again, though a bulk mail's id, unlike a lone mail's, cannot tell Optimove so."""
+        if self.recent_mail is None or part.endpoint is not Endpoint.SEND_TRANSACTIONAL_MAIL:
+            return False
+        key = (message_id, part.slot)
+        if key in self.recent_mail:
+            return True
+        self.recent_mail[key] = None
+        if len(self.recent_mail) > RECENT_MAIL:
+            self.recent_mail.popitem(last=False)
+        return False
+
+    def _recorded_request(self, message: Message, part: Part) -> Any:
+        """The letter's request for a part never sent by this run: for a mail an earlier
+        run recorded in a bulk call, that call's id, so a replay is refused if it went."""
+        if self.journal is None or part.endpoint is not Endpoint.SEND_TRANSACTIONAL_MAIL:
+            return None
+        recorded = self.journal.recorded_pack(message.message_id, part.slot)
+        return None if recorded is None else pack_transactional([part.body], recorded[0])
 
     def _add(self, message: Message, part: Part) -> list[Pack[Message]]:
         if self.journal is not None and part.endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL:

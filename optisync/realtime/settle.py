@@ -169,7 +169,7 @@ class PushSettler(Settler[Pack[Message]]):
         """The run stopped before this pack went out: keep each part as a letter."""
         error = not_sent_error(self.summary)
         for message, part in pack.items:
-            self.part_failed(message, part, error)
+            self.part_failed(message, part, error, request=pack.letter_request(part))
 
     # -- parts ---------------------------------------------------------------------------
 

@@ -42,9 +42,8 @@ class _Put:
         self.error: StorageError | None = None
 
     def result(self) -> str:
-        if self.error is not None:
-            raise self.error
-        assert self.name is not None
+        if self.error is not None or self.name is None:
+            raise self.error or StorageError("the spool write did not finish")
         return self.name
 
 
@@ -139,6 +138,8 @@ class Spool:
         except StorageError as exc:
             error = exc
         finally:
+            if name is None and error is None:  # anything else went wrong: none is stored
+                error = StorageError(f"cannot write to the spool {self.dir}: interrupted")
             with self._commit:
                 for e in group:
                     e.name, e.error, e.done = name, error, True

@@ -139,3 +139,37 @@ def test_a_failed_group_write_fails_every_post_in_it(
         t.join(10)
     assert len(errors) == 5 and spool.messages == 0 and spool.empty()
     assert not list(tmp_path.glob("*.ndjson"))
+
+
+def test_a_group_write_failing_in_any_way_fails_the_posts_waiting_on_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = threading.Event()
+
+    def broken_write(path: Path, data: bytes) -> None:
+        gate.wait(5)
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(spool_module, "write_new", broken_write)
+    spool = Spool(tmp_path, 1 << 20)
+    outcomes: list[str] = []
+
+    def post(i: int) -> None:
+        try:
+            spool.put([line(i)])
+            outcomes.append("stored")
+        except StorageError:
+            outcomes.append("storage error")
+        except RuntimeError:
+            outcomes.append("the writer's own error")
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    # each group's writer sees its own error; everyone waiting on it, a storage error
+    assert "stored" not in outcomes and len(outcomes) == 4
+    assert "storage error" in outcomes
