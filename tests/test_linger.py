@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from optisync.config import find_config, load_config
+from optisync.config.models import Config
 from optisync.errors import ExitCode
 from optisync.optimove.outcome import Endpoint
 from optisync.realtime.batching import ORDERED, RECORDED_WAIT, Batcher, Outbox, Pack
@@ -410,7 +411,7 @@ def redemptions(*numbers: int) -> list[Record]:
     return [check(tier_or_redemption(n, True), n, "spool") for n in numbers]
 
 
-def stream_push(config: Any, fake: FakeOptimove, journal: Journal, tmp_path: Path) -> Push:
+def stream_push(config: Config, fake: FakeOptimove, journal: Journal, tmp_path: Path) -> Push:
     return Push(
         config,
         store=DeadLetterStore(tmp_path / "dl"),
@@ -423,13 +424,19 @@ def stream_push(config: Any, fake: FakeOptimove, journal: Journal, tmp_path: Pat
     )
 
 
-def test_a_bulk_mail_in_the_air_at_a_crash_goes_again_as_the_same_call(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def receipts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
+    """A config sending redemptions' receipt mail (to a fake Optimove)."""
     monkeypatch.setenv("OPTIMOVE_API_KEY", KEY)
     path = tmp_path / "optisync.yaml"
     path.write_text(tier_or_redemption_config("http://127.0.0.1:9", tmp_path))
-    config = load_config(path)
+    return load_config(path)
+
+
+def test_a_bulk_mail_in_the_air_at_a_crash_goes_again_as_the_same_call(
+    tmp_path: Path, receipts: Config
+) -> None:
+    config = receipts
     fake = FakeOptimove()
     journal_file = tmp_path / "serve.journal"
 
@@ -460,16 +467,11 @@ def test_a_bulk_mail_in_the_air_at_a_crash_goes_again_as_the_same_call(
     assert summary.dead_lettered == 0
 
 
-def test_serve_does_not_mail_a_resent_message_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("OPTIMOVE_API_KEY", KEY)
-    path = tmp_path / "optisync.yaml"
-    path.write_text(tier_or_redemption_config("http://127.0.0.1:9", tmp_path))
+def test_serve_does_not_mail_a_resent_message_again(tmp_path: Path, receipts: Config) -> None:
     fake = FakeOptimove()
     journal = Journal(tmp_path / "serve.journal")
     # the caller got no answer and posted message 3 again
-    summary = stream_push(load_config(path), fake, journal, tmp_path).run(redemptions(1, 3, 3, 5))
+    summary = stream_push(receipts, fake, journal, tmp_path).run(redemptions(1, 3, 3, 5))
     journal.close()
     mailed = [r["Email"] for c in fake.bodies("SendTransactionalMail") for r in c["Recipients"]]
     assert sorted(mailed) == ["m1@example.com", "m3@example.com", "m5@example.com"]

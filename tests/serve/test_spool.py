@@ -111,46 +111,19 @@ def test_posts_arriving_during_a_write_share_the_next_file_and_each_waits_for_it
     assert spool.messages == 40 and len(set(names.values())) == len(writes)
 
 
+@pytest.mark.parametrize(
+    "failure", [OSError(28, "No space left on device"), RuntimeError("unexpected")]
+)
 def test_a_failed_group_write_fails_every_post_in_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: Exception
 ) -> None:
     gate = threading.Event()
 
     def failing_write(path: Path, data: bytes) -> None:
-        gate.wait(5)
-        raise OSError(28, "No space left on device")
+        gate.wait(5)  # the others queue behind this write meanwhile
+        raise failure
 
     monkeypatch.setattr(spool_module, "write_new", failing_write)
-    spool = Spool(tmp_path, 1 << 20)
-    errors: list[BaseException] = []
-
-    def post(i: int) -> None:
-        try:
-            spool.put([line(i)])
-        except StorageError as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=post, args=(i,)) for i in range(5)]
-    for t in threads:
-        t.start()
-    time.sleep(0.1)
-    gate.set()
-    for t in threads:
-        t.join(10)
-    assert len(errors) == 5 and spool.messages == 0 and spool.empty()
-    assert not list(tmp_path.glob("*.ndjson"))
-
-
-def test_a_group_write_failing_in_any_way_fails_the_posts_waiting_on_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    gate = threading.Event()
-
-    def broken_write(path: Path, data: bytes) -> None:
-        gate.wait(5)
-        raise RuntimeError("unexpected")
-
-    monkeypatch.setattr(spool_module, "write_new", broken_write)
     spool = Spool(tmp_path, 1 << 20)
     outcomes: list[str] = []
 
@@ -160,16 +133,17 @@ def test_a_group_write_failing_in_any_way_fails_the_posts_waiting_on_it(
             outcomes.append("stored")
         except StorageError:
             outcomes.append("storage error")
-        except RuntimeError:
+        except RuntimeError:  # the writer of a group sees an unexpected error as it is
             outcomes.append("the writer's own error")
 
-    threads = [threading.Thread(target=post, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(5)]
     for t in threads:
         t.start()
     time.sleep(0.1)
     gate.set()
     for t in threads:
         t.join(10)
-    # each group's writer sees its own error; everyone waiting on it, a storage error
-    assert "stored" not in outcomes and len(outcomes) == 4
-    assert "storage error" in outcomes
+    assert "stored" not in outcomes and len(outcomes) == 5
+    assert outcomes.count("storage error") >= 3  # at most two groups: two writers
+    assert spool.messages == 0 and spool.empty()
+    assert not list(tmp_path.glob("*.ndjson"))
