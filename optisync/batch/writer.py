@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterable
@@ -125,6 +126,7 @@ class FileWriter:
         self.raw_bytes = int(self.max_bytes * RAW_SHARE)
         self.piece_bytes = max(64 * 1024, min(PIECE_BYTES, self.raw_bytes // 4))
         self.suffix = ".csv.gz" if fmt == "csv" else ".parquet"
+        self._attempts = itertools.count()
 
     @classmethod
     def open_for(cls, config: Config, out_dir: Path, summary: Any) -> FileWriter:
@@ -189,7 +191,10 @@ class FileWriter:
         # knows where a quoted field ends: Python never scans the rows). Consecutive pieces
         # make a part, headers but the first dropped, gzipped by isal, parts in parallel.
         # Small pieces because DuckDB holds about a piece per thread in memory.
-        pattern = f"{TMP_PREFIX}{self.run_id}-{kind}-piece-{{i}}"
+        # A fresh name for every attempt: a step that ran out of memory runs again, and
+        # files a failed COPY leaves (or DuckDB removes late) must never be taken for its.
+        stem = f"{TMP_PREFIX}{self.run_id}-{kind}-{next(self._attempts)}-piece-"
+        pattern = stem + "{i}"
         pieces: list[Path] = []
         try:
             row = con.execute(
@@ -200,7 +205,7 @@ class FileWriter:
             count, files = (int(row[0]), list(row[1])) if row else (0, [])
             pieces = sorted((Path(f) for f in files), key=_part_number)
             if not pieces:  # nothing to export: still a file, holding the header
-                pieces = [folder / f"{TMP_PREFIX}{self.run_id}-{kind}-piece-0.csv"]
+                pieces = [folder / f"{stem}0.csv"]
                 con.execute(f"COPY ({select_sql}) TO '{_sql_str(pieces[0])}' ({CSV_OPTIONS})")
             parts = self._group(pieces)
             if len(parts) == 1:
@@ -221,7 +226,7 @@ class FileWriter:
                 f"cannot write {folder}: {exc}", hint="check batch.output.dir"
             ) from exc
         finally:
-            for piece in pieces:
+            for piece in {*pieces, *folder.glob(f"{stem}*")}:
                 with contextlib.suppress(OSError):
                     piece.unlink()
         if sum(rows) != count:  # a piece was misread: never publish that
