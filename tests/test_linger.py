@@ -24,7 +24,7 @@ from optisync.optimove.outcome import Endpoint
 from optisync.realtime.batching import ORDERED, RECORDED_WAIT, Batcher, Outbox, Pack
 from optisync.realtime.deadletter import DeadLetterStore, Kind
 from optisync.realtime.inputs import Record, check
-from optisync.realtime.journal import Journal
+from optisync.realtime.journal import Journal, RecordedCall
 from optisync.realtime.plan import Part
 from optisync.realtime.push import Push
 from optisync.realtime.sender import Inbox
@@ -98,26 +98,31 @@ def test_every_pending_pack_goes_once_the_input_is_idle() -> None:
     assert batcher.pending == {} and batcher.deadline(last_input) is None
 
 
-def test_a_recorded_mail_waits_for_its_recipients_past_the_linger_but_not_past_idle() -> None:
+def test_a_recorded_mail_waits_for_its_recipients_past_the_linger_and_idle_input() -> None:
     clock = FakeClock()
     batcher: Batcher[int] = Batcher(1, linger=0.5, clock=clock)
     assert batcher.add_recorded("optisync-b3-x", 3, 1, mail(7, "u1")) == []
-    for n in (2, 3):  # busy input, each part a second apart: the linger passes, twice
+    for n in (2, 3):  # each part a second apart: the linger passes, the input idles
         clock.advance(1.0)
-        assert batcher.due(clock(), clock() - 0.01) == []
+        assert batcher.due(clock(), clock() - 1.0) == []
         ready = batcher.add_recorded("optisync-b3-x", 3, n, mail(7, f"u{n}"))
     [pack] = ready
     assert pack.seal()["UniqueMessageID"] == "optisync-b3-x" and len(pack.items) == 3
-    # one recipient no longer comes: idle input sends the rest, still under the recorded id
+    # a new mail beside a recorded one: idle input sends the new one only
     batcher.add_recorded("optisync-b2-y", 2, 4, mail(7, "u4"))
-    assert batcher.deadline(clock()) == pytest.approx(clock() + 0.125)  # not the past
-    [alone] = batcher.due(clock() + 1, clock())
-    assert alone.seal()["UniqueMessageID"] == "optisync-b2-y"
-    # ...and if it does come after all, it goes as new mail, not under an id Optimove may
-    # refuse because the part before it went
-    assert batcher.add_recorded("optisync-b2-y", 2, 5, mail(7, "u5")) == []
+    batcher.add(5, mail(7, "u5"))
+    assert batcher.deadline(clock()) == pytest.approx(clock() + 0.125)
+    [new] = batcher.due(clock() + 1, clock())
+    assert new.uid is None and new.seal()["UniqueMessageID"] == "u5"
+    # ...then nothing falls due until the recorded one has waited its time
+    assert batcher.deadline(clock()) == pytest.approx(clock() + RECORDED_WAIT)
+    # the end of the input sends it short, still under its id; a part of it that comes
+    # after goes as new mail, never under an id spent on the part before it
+    [short] = batcher.drain()
+    assert short.seal()["UniqueMessageID"] == "optisync-b2-y" and len(short.items) == 1
+    assert batcher.add_recorded("optisync-b2-y", 2, 6, mail(7, "u6")) == []
     [late] = batcher.drain()
-    assert late.uid is None and late.seal()["UniqueMessageID"] == "u5"
+    assert late.uid is None and late.seal()["UniqueMessageID"] == "u6"
 
 
 def test_a_recorded_mail_is_cut_by_time_only_after_the_longer_wait() -> None:
@@ -491,5 +496,119 @@ def test_a_journal_line_cut_short_by_a_kill_stays_apart_from_the_next_runs(
     second.record_pack("optisync-b1-b", [("r-5", "email:receipt")])
     second.close()
     third = Journal(path)
-    assert third.recorded_pack("r-5", "email:receipt") == ("optisync-b1-b", 1)
+    assert third.recorded_pack("r-5", "email:receipt") == RecordedCall("optisync-b1-b", 1)
     assert third.recorded_pack("r-1", "email:receipt") is None
+
+
+def crashed_with_a_recorded_call(
+    tmp_path: Path, config: Config, fake: FakeOptimove, numbers: tuple[int, ...]
+) -> tuple[Path, str]:
+    """A serve journal left by a kill once a bulk mail's record was written and its call
+    was in the air: no recipient journalled. Returns the journal and the call's id."""
+    path = tmp_path / "serve.journal"
+    journal = Journal(path)
+    stream_push(config, fake, journal, tmp_path).run(redemptions(*numbers))
+    journal.close()
+    [call] = fake.bodies("SendTransactionalMail")
+    path.write_text(path.read_text().splitlines(keepends=True)[0])  # the record alone
+    return path, call["UniqueMessageID"]
+
+
+def mailed(*fakes: FakeOptimove) -> list[str]:
+    """Every address mailed: a call Optimove refused (a repeated id) mailed nobody."""
+    out: list[str] = []
+    for fake in fakes:
+        seen: set[str] = set()
+        for body in fake.bodies("SendTransactionalMail"):
+            if body["UniqueMessageID"] not in seen:
+                seen.add(body["UniqueMessageID"])
+                out += [r["Email"] for r in body["Recipients"]]
+    return sorted(out)
+
+
+@pytest.mark.parametrize("went", [True, False], ids=["call-went", "call-lost"])
+def test_a_recorded_call_sent_short_tells_later_runs_where_the_others_go(
+    tmp_path: Path, receipts: Config, went: bool
+) -> None:
+    fake = FakeOptimove()
+    path, uid = crashed_with_a_recorded_call(tmp_path, receipts, fake, (1, 3, 5))
+    if not went:  # the call never reached Optimove
+        fake = FakeOptimove()
+    # the restart gets only message 1 as mail (say the config changed): at the end of the
+    # input its call goes short, under the recorded id
+    journal = Journal(path)
+    stream_push(receipts, fake, journal, tmp_path).run(redemptions(1))
+    journal.close()
+    assert [c["UniqueMessageID"] for c in fake.bodies("SendTransactionalMail")][-1] == uid
+    # messages 3 and 5 come back later: mailed now if the call never went, not at all if
+    # it did (Optimove refused it: it mailed all three)
+    before = len(fake.bodies("SendTransactionalMail"))
+    journal = Journal(path)
+    summary = stream_push(receipts, fake, journal, tmp_path).run(redemptions(3, 5))
+    journal.close()
+    later = fake.bodies("SendTransactionalMail")[before:]
+    if went:
+        assert later == [] and summary.duplicates == 2 and summary.sent == 2
+        assert mailed(fake) == ["m1@example.com", "m3@example.com", "m5@example.com"]
+    else:
+        assert [c["UniqueMessageID"] != uid for c in later] == [True]
+        assert summary.duplicates == 0 and summary.sent == 2
+        assert mailed(fake) == ["m1@example.com", "m3@example.com", "m5@example.com"]
+
+
+def test_the_answer_to_a_call_formed_again_is_journalled(tmp_path: Path) -> None:
+    path = tmp_path / "serve.journal"
+    slot = "email:receipt"
+    first = Journal(path)
+    first.record_pack("optisync-b3-a", [("r-1", slot), ("r-3", slot), ("r-5", slot)])
+    first.record_pack("optisync-b2-b", [("r-7", slot), ("r-9", slot)])
+    first.record_answer("optisync-b3-a", [("r-1", slot)], went=False)  # 2xx: r-1 only
+    first.record_answer("optisync-b2-b", [("r-7", slot)], went=True)  # 409: both went
+    first.close()
+    second = Journal(path)
+    assert second.recorded_pack("r-1", slot) == RecordedCall("optisync-b3-a", 1)
+    assert second.recorded_pack("r-3", slot) is None  # never mailed: new mail
+    assert second.recorded_pack("r-9", slot) == RecordedCall("optisync-b2-b", 0, went=True)
+    # r-1's call formed again is refused: that says nothing of r-3 and r-5
+    second.record_answer("optisync-b3-a", [("r-1", slot)], went=True)
+    assert second.recorded_pack("r-5", slot) is None
+    second.record_pack("optisync-b2-c", [("r-11", slot), ("r-13", slot)])
+    second.record_answer("optisync-b2-c", [("r-11", slot)], went=False)
+    second.close()
+    path.write_text(path.read_text()[:-5])  # a kill cut that answer short: no answer
+    third = Journal(path)
+    assert third.recorded_pack("r-13", slot) == RecordedCall("optisync-b2-c", 2)
+    assert third.recorded_pack("r-3", slot) is None
+
+
+def test_a_stop_holds_a_recorded_call_for_the_next_run_whole(
+    tmp_path: Path, receipts: Config
+) -> None:
+    fake = FakeOptimove()
+    path, uid = crashed_with_a_recorded_call(tmp_path, receipts, fake, (1, 3, 5))
+    fake = FakeOptimove()  # the call never reached Optimove
+    fake.status["SendTransactionalMail"] = 401  # the key was revoked meanwhile: a stop
+
+    def feed() -> Iterator[Record]:
+        yield from redemptions(1, 3, 7)  # 1 and 3 wait for 5; 7 goes, and is refused
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and push.summary.stopped is None:
+            time.sleep(0.01)
+        yield from redemptions(5)  # read after the stop
+
+    journal = Journal(path)
+    push = stream_push(receipts, fake, journal, tmp_path)
+    summary = push.run(feed())
+    journal.close()
+    assert summary.stopped == "auth" and summary.held == 3 and summary.dead_lettered == 1
+    letters = [letter.message_id for _, letter in DeadLetterStore(tmp_path / "dl").iter_letters()]
+    assert letters == ["r-7"]  # no letter for 1, 3 and 5
+    # the next run finds the call as recorded, all three unsettled (7's part alone is
+    # journalled), and forms it whole
+    journal = Journal(path)
+    assert len(journal) == 1
+    fake.status.clear()
+    summary = stream_push(receipts, fake, journal, tmp_path).run(redemptions(5, 3, 1))
+    journal.close()
+    [again] = [c for c in fake.bodies("SendTransactionalMail") if c["UniqueMessageID"] == uid]
+    assert len(again["Recipients"]) == 3 and summary.sent == 3

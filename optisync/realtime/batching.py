@@ -8,8 +8,9 @@ once per call; events pack when ``events_per_request`` asks for it; anything els
 re-subscription) goes alone. A partial pack goes once its oldest part has waited the
 linger, or once the input has been idle for a quarter of it (``Batcher.due``). A bulk mail
 an earlier run recorded is formed again from its recipients still unsettled, under its
-recorded id, and waits for all of them (``Batcher.add_recorded``). Packs of the ordered
-family keep each customer's calls in input order, a customer's creation first (``Outbox``).
+recorded id, and waits for all of them, idle input or not (``Batcher.add_recorded``).
+Packs of the ordered family keep each customer's calls in input order, a customer's
+creation first (``Outbox``).
 See docs/realtime.md.
 """
 
@@ -59,8 +60,9 @@ ORDERED: dict[Endpoint, Callable[[Any], str]] = {
 # the tail of a burst then goes at once, while a feed with messages a few tens of
 # milliseconds apart still fills packs (and spares the quota).
 IDLE_SHARE = 0.25
-# A recorded mail waits this long for its recipients while input goes on: a restart feeds
-# them all at once, unless one no longer comes as mail (the config changed meanwhile).
+# A recorded mail waits this long for its recipients: a restart feeds them all at once,
+# unless one no longer comes as mail (the config changed meanwhile). Idle input does not
+# cut it: once its id goes with fewer recipients, the others cannot go under it.
 RECORDED_WAIT = 30.0
 
 
@@ -109,11 +111,8 @@ class Pack(Generic[M]):
         is what guarantees no second mail if the call did go through. Attribute updates,
         unsubscribers and events keep the member's own slice, which is safe to resend alone.
         """
-        if self.endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL:
-            if self.sent is not None:
-                return self.sent
-            if self.uid is not None:  # never sent by this run, but maybe by the earlier one
-                return self.body()
+        if self.endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL and self.sent is not None:
+            return self.sent
         return part.body
 
 
@@ -178,7 +177,8 @@ class Batcher(Generic[M]):
     def add_recorded(self, uid: str, expected: int, message: M, part: Part) -> list[Pack[M]]:
         """Place a mail ``part`` an earlier run recorded in the call ``uid``, which still
         has ``expected`` parts unsettled: that call is formed again and goes once it holds
-        them all (or the input is idle: one of them no longer comes as mail)."""
+        them all, or once it waited ``RECORDED_WAIT`` (one no longer comes as mail), or at
+        the end of the input."""
         if uid in self.recorded_out:
             # that call went out without this part (cut short): the part goes as new mail,
             # never under an id Optimove may already have refused for the part before
@@ -209,17 +209,22 @@ class Batcher(Generic[M]):
         if not self.pending or self.linger is None:
             return None
         due = [self._waits(pack) + pack.opened for pack in self.pending.values()]
-        return min(*due, last_input + self.idle)
+        if any(pack.uid is None for pack in self.pending.values()):
+            due.append(last_input + self.idle)
+        return min(due)
 
     def due(self, now: float, last_input: float) -> list[Pack[M]]:
         """The packs to send now though not full: every pack whose oldest part has waited
         the linger, or all of them once nothing arrived for ``idle`` (``last_input``). A
-        recorded mail waits longer for its recipients (``RECORDED_WAIT``), unless idle."""
+        recorded mail waits for its recipients (``RECORDED_WAIT``), idle or not."""
         if self.linger is None:
             return []
-        if now - last_input >= self.idle:
-            return list(self.drain())
-        keys = [k for k, pack in self.pending.items() if now - pack.opened >= self._waits(pack)]
+        idle = now - last_input >= self.idle
+        keys = [
+            k
+            for k, pack in self.pending.items()
+            if (idle and pack.uid is None) or now - pack.opened >= self._waits(pack)
+        ]
         return [self._pop(key) for key in keys]
 
     def _waits(self, pack: Pack[M]) -> float:

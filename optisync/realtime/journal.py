@@ -10,10 +10,14 @@ A bulk mail's recipients are recorded too, before the call goes out (``record_pa
 pack cut by time cannot be formed again by a rerun, so a rerun sends the recipients it
 finds there, still unsettled, as that same call again, under the same ``UniqueMessageID``,
 which Optimove refuses (409) if the first call went through. Nobody is mailed twice.
+Optimove's answer to a call formed again is recorded too (``record_answer``): a 409 says
+every recipient it was recorded with was mailed, a 2xx that the call's id is now spent on
+the recipients it carried, so one of the others that comes later is new mail.
 """
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -28,6 +32,18 @@ def journal_path(state_dir: Path, input_file: Path) -> Path:
 
 
 _PACK = "P "  # a line recording a bulk mail's id and parts; entries are 24 hex characters
+# a line recording Optimove's answer to a call formed again: "A <id> went" (409) or
+# "A <id> took <count> <key>..." (2xx, with the parts it carried)
+_ANSWER = "A "
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """The bulk mail an earlier run recorded a part in, as it stands for that part."""
+
+    uid: str
+    unsettled: int  # parts still to go under ``uid``, this one among them
+    went: bool = False  # Optimove said the call went (409): this part was mailed
 
 
 def _key(message_id: str, slot: str) -> str:
@@ -39,6 +55,8 @@ class Journal:
         self.path = path
         self._done: set[str] = set()
         self._packs: dict[str, tuple[str, list[str]]] = {}  # part key -> its recorded call
+        self._went: set[str] = set()  # recorded calls Optimove said went before
+        self._took: dict[str, set[str]] = {}  # recorded call -> the parts it went with
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if fresh:
@@ -55,6 +73,8 @@ class Journal:
                     self._done.add(line[:24])
                 elif line.startswith(_PACK):
                     self._read_pack(line)
+                elif line.startswith(_ANSWER):
+                    self._read_answer(line)
             self._file.seek(0, os.SEEK_END)
             if self._file.tell() and not line.endswith("\n"):
                 self._file.write("\n")  # a line cut short stays apart from what follows
@@ -75,6 +95,16 @@ class Journal:
             for key in keys:
                 self._packs[key] = (uid, keys)
 
+    def _read_answer(self, line: str) -> None:
+        # a line cut short is no answer: the call is formed again and asks Optimove again
+        match line.split():
+            case [_, uid, "went"]:
+                self._went.add(uid)
+            case [_, uid, "took", count, *keys] if count.isdigit() and int(count) == len(
+                keys
+            ) and all(len(k) == 24 for k in keys):
+                self._took[uid] = set(keys)
+
     def __len__(self) -> int:
         return len(self._done)
 
@@ -89,22 +119,46 @@ class Journal:
         the call goes out."""
         keys = " ".join(_key(message_id, slot) for message_id, slot in parts)
         self._file.write(f"{_PACK}{uid} {len(parts)} {keys}\n")
+        self._sync()  # a record lost to a power cut would let a rerun mail these again
+
+    def _sync(self) -> None:
         self.flush()
-        try:  # a record lost to a power cut would let a rerun mail these recipients again
+        try:
             os.fsync(self._file.fileno())
         except OSError as exc:
             raise StorageError(f"cannot write the input journal {self.path}: {exc}") from None
 
-    def recorded_pack(self, message_id: str, slot: str) -> tuple[str, int] | None:
-        """The call an earlier run recorded this part in: its ``UniqueMessageID`` and how
-        many of its parts are still unsettled (this one among them), or None."""
+    def record_answer(self, uid: str, parts: list[tuple[str, str]], *, went: bool) -> None:
+        """Optimove's answer to the recorded call ``uid`` formed again with ``parts``: 409
+        (``went``: the first call went through) or 2xx (it did not, until now)."""
+        if uid in self._took:
+            return  # answered already: a 409 now is for the parts that call took
+        keys = [_key(message_id, slot) for message_id, slot in parts]
+        if went:
+            self._went.add(uid)
+            self._file.write(f"{_ANSWER}{uid} went\n")
+        else:
+            self._took[uid] = set(keys)
+            self._file.write(f"{_ANSWER}{uid} took {len(keys)} {' '.join(keys)}\n")
+        self._sync()
+
+    def recorded_pack(self, message_id: str, slot: str) -> RecordedCall | None:
+        """The call an earlier run recorded this part in, or None: the part is new mail."""
         if not self._packs:
             return None
-        found = self._packs.get(_key(message_id, slot))
+        key = _key(message_id, slot)
+        found = self._packs.get(key)
         if found is None:
             return None
         uid, keys = found
-        return uid, sum(key not in self._done for key in keys)
+        if uid in self._went:
+            return RecordedCall(uid, 0, went=True)
+        took = self._took.get(uid)
+        if took is not None:
+            if key not in took:
+                return None  # the id went with other recipients: this one was never mailed
+            keys = [k for k in keys if k in took]
+        return RecordedCall(uid, sum(k not in self._done for k in keys))
 
     def flush(self) -> None:
         """Hand the entries to the OS: they survive a killed process from here on."""

@@ -15,16 +15,16 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from optisync.config.models import Config
 from optisync.errors import StorageError
 from optisync.optimove.client import OptimoveClient
 from optisync.optimove.outcome import Delivery, Endpoint
-from optisync.realtime.batching import Batcher, Outbox, Pack, pack_transactional
+from optisync.realtime.batching import Batcher, Outbox, Pack
 from optisync.realtime.deadletter import DeadLetterStore
 from optisync.realtime.inputs import Record
-from optisync.realtime.journal import Journal
+from optisync.realtime.journal import Journal, RecordedCall
 from optisync.realtime.plan import Consent, InvalidMessage, Part, Planner, describe
 from optisync.realtime.routing import Router
 from optisync.realtime.sender import Inbox, Sender, in_flight_bound, stoppable
@@ -195,6 +195,11 @@ class Push:
         self, pack: Pack[Message], delivery: Delivery | None, exc: BaseException | None
     ) -> None:
         self.outbox.settled(pack)
+        if pack.uid is not None and delivery is not None and delivery.ok and exc is None:
+            # before its parts are recorded as settled, so a rerun knows what the id went with
+            assert self.journal is not None
+            parts = [(message.message_id, part.slot) for message, part in pack.items]
+            self.journal.record_answer(pack.uid, parts, went=delivery.outcome == "duplicate")
         self.settler.settle(pack, delivery, exc)
 
     def _settle_done(self) -> int:
@@ -256,13 +261,22 @@ class Push:
             return "skipped"
         message = Message(record, remaining=len(parts))
         for part in parts:
-            if s.stopped:
-                request = self._recorded_request(message, part)
-                self.settler.part_failed(message, part, not_sent_error(s), request=request)
+            recorded = self._recorded(message, part)
+            if recorded is not None and recorded.went:
+                s.duplicates += 1  # Optimove refused its call again: it was mailed
+                self.settler.part_delivered(message, part)
+            elif recorded is not None and s.stopped:
+                self.settler.part_held(message, part)
+            elif s.stopped:
+                self.settler.part_failed(message, part, not_sent_error(s))
             elif self.batcher.already_sent(part):
                 self.settler.part_delivered(message, part)
+            elif recorded is not None:
+                ready = self.batcher.add_recorded(recorded.uid, recorded.unsettled, message, part)
+                for pack in ready:
+                    self.outbox.put(pack)
             else:
-                for pack in self._add(message, part):
+                for pack in self.batcher.add(message, part):
                     self.outbox.put(pack)
         return None
 
@@ -279,20 +293,11 @@ class Push:
             self.recent_mail.popitem(last=False)
         return False
 
-    def _recorded_request(self, message: Message, part: Part) -> Any:
-        """The letter's request for a part never sent by this run: for a mail an earlier
-        run recorded in a bulk call, that call's id, so a replay is refused if it went."""
+    def _recorded(self, message: Message, part: Part) -> RecordedCall | None:
+        """The bulk mail an earlier run recorded this mail part in, if any."""
         if self.journal is None or part.endpoint is not Endpoint.SEND_TRANSACTIONAL_MAIL:
             return None
-        recorded = self.journal.recorded_pack(message.message_id, part.slot)
-        return None if recorded is None else pack_transactional([part.body], recorded[0])
-
-    def _add(self, message: Message, part: Part) -> list[Pack[Message]]:
-        if self.journal is not None and part.endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL:
-            recorded = self.journal.recorded_pack(message.message_id, part.slot)
-            if recorded is not None:
-                return self.batcher.add_recorded(*recorded, message, part)
-        return self.batcher.add(message, part)
+        return self.journal.recorded_pack(message.message_id, part.slot)
 
     def _invalid(self, record: Record, reason: str) -> None:
         if self.dry_run:

@@ -125,6 +125,7 @@ class Message:
     record: Record
     remaining: int
     failed: bool = False
+    held: bool = False  # a part left for the next run (``PushSettler.part_held``)
 
     @property
     def message_id(self) -> str:
@@ -166,7 +167,12 @@ class PushSettler(Settler[Pack[Message]]):
             self.part_failed(message, part, error, attempts, sent.letter_request(part))
 
     def unsent(self, pack: Pack[Message]) -> None:
-        """The run stopped before this pack went out: keep each part as a letter."""
+        """The run stopped before this pack went out: keep each part as a letter, but hold
+        a bulk mail formed again for the next run (``part_held``)."""
+        if pack.uid is not None:
+            for message, part in pack.items:
+                self.part_held(message, part)
+            return
         error = not_sent_error(self.summary)
         for message, part in pack.items:
             self.part_failed(message, part, error, request=pack.letter_request(part))
@@ -176,6 +182,20 @@ class PushSettler(Settler[Pack[Message]]):
     def part_delivered(self, message: Message, part: Part) -> None:
         self.summary.by_target[part.target] += 1
         self._part_done(message, part)
+
+    def part_held(self, message: Message, part: Part) -> None:
+        """Leave a part of a bulk mail an earlier run recorded unsettled: not journalled, no
+        letter, its message not done. The next run (serve's restart, a rerun of the file)
+        forms that call again whole. A letter could not: its call could go under the
+        recorded id with only some of the recipients, and the rest never could."""
+        if not message.held:
+            message.held = True
+            self.summary.held += 1
+        log.warning(
+            "held %s part of message %s for the next run: its bulk mail goes again whole",
+            part.kind.value,
+            message.message_id,
+        )
 
     def part_failed(
         self,

@@ -95,6 +95,7 @@ class PushSummary(RunSummary):
         "nothing_to_send",
         "suppressed",
         "skipped",
+        "held",
         "requests",
         "duplicates",
     )
@@ -105,6 +106,7 @@ class PushSummary(RunSummary):
     unrouted: int = 0
     nothing_to_send: int = 0
     skipped: int = 0
+    held: int = 0  # messages with a part left for the next run
     suppressed: int = 0
     emd_unmapped: Counter[str] = field(default_factory=Counter)
     suppressed_reasons: Counter[str] = field(default_factory=Counter)

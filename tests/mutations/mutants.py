@@ -49,8 +49,8 @@ MUTANTS = (
     Mutant(
         "a recorded bulk mail formed anew after a restart",
         "optisync/realtime/push.py",
-        "            recorded = self.journal.recorded_pack(message.message_id, part.slot)",
-        "            recorded = None",
+        "        return self.journal.recorded_pack(message.message_id, part.slot)",
+        "        return None",
         (
             "tests/test_linger.py::"
             "test_a_bulk_mail_in_the_air_at_a_crash_goes_again_as_the_same_call",
