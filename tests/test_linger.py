@@ -116,13 +116,15 @@ def test_a_recorded_mail_waits_for_its_recipients_past_the_linger_and_idle_input
     assert new.uid is None and new.seal()["UniqueMessageID"] == "u5"
     # ...then nothing falls due until the recorded one has waited its time
     assert batcher.deadline(clock()) == pytest.approx(clock() + RECORDED_WAIT)
-    # the end of the input sends it short, still under its id; a part of it that comes
-    # after goes as new mail, never under an id spent on the part before it
+    # input waiting on the run (sends full) starts the wait again
+    clock.advance(RECORDED_WAIT - 1)
+    batcher.hold_recorded()
+    clock.advance(2)
+    assert batcher.due(clock(), clock() - 5) == []
+    # the end of the input sends it short, still under its id
     [short] = batcher.drain()
     assert short.seal()["UniqueMessageID"] == "optisync-b2-y" and len(short.items) == 1
-    assert batcher.add_recorded("optisync-b2-y", 2, 6, mail(7, "u6")) == []
-    [late] = batcher.drain()
-    assert late.uid is None and late.seal()["UniqueMessageID"] == "u6"
+    assert batcher.forming == 0
 
 
 def test_a_recorded_mail_is_cut_by_time_only_after_the_longer_wait() -> None:
@@ -556,28 +558,31 @@ def test_a_recorded_call_sent_short_tells_later_runs_where_the_others_go(
         assert mailed(fake) == ["m1@example.com", "m3@example.com", "m5@example.com"]
 
 
-def test_the_answer_to_a_call_formed_again_is_journalled(tmp_path: Path) -> None:
+def test_a_call_formed_again_is_journalled_spent_or_gone(tmp_path: Path) -> None:
     path = tmp_path / "serve.journal"
     slot = "email:receipt"
     first = Journal(path)
     first.record_pack("optisync-b3-a", [("r-1", slot), ("r-3", slot), ("r-5", slot)])
     first.record_pack("optisync-b2-b", [("r-7", slot), ("r-9", slot)])
-    first.record_answer("optisync-b3-a", [("r-1", slot)], went=False)  # 2xx: r-1 only
-    first.record_answer("optisync-b2-b", [("r-7", slot)], went=True)  # 409: both went
+    first.record_pack("optisync-b2-c", [("r-11", slot), ("r-13", slot)])
+    first.record_spent("optisync-b3-a", [("r-1", slot)])  # formed again short: r-1 only
+    first.record_went("optisync-b2-b")  # refused: the first call went, with both
+    first.record_spent("optisync-b2-c", [("r-11", slot)])
+    first.record_went("optisync-b2-c")  # the short call's first try refused: both went
     first.close()
     second = Journal(path)
+    assert second.spent("optisync-b3-a") and not second.spent("optisync-b2-b")
     assert second.recorded_pack("r-1", slot) == RecordedCall("optisync-b3-a", 1)
-    assert second.recorded_pack("r-3", slot) is None  # never mailed: new mail
+    assert second.recorded_pack("r-3", slot) is None  # never under that id: new mail
     assert second.recorded_pack("r-9", slot) == RecordedCall("optisync-b2-b", 0, went=True)
-    # r-1's call formed again is refused: that says nothing of r-3 and r-5
-    second.record_answer("optisync-b3-a", [("r-1", slot)], went=True)
-    assert second.recorded_pack("r-5", slot) is None
-    second.record_pack("optisync-b2-c", [("r-11", slot), ("r-13", slot)])
-    second.record_answer("optisync-b2-c", [("r-11", slot)], went=False)
+    assert second.recorded_pack("r-13", slot) == RecordedCall("optisync-b2-c", 0, went=True)
+    second.record_pack("optisync-b2-d", [("r-15", slot), ("r-17", slot)])
+    second.record_spent("optisync-b2-d", [("r-15", slot)])
     second.close()
-    path.write_text(path.read_text()[:-5])  # a kill cut that answer short: no answer
+    path.write_text(path.read_text()[:-5])  # a kill cut that line short: nothing spent
     third = Journal(path)
-    assert third.recorded_pack("r-13", slot) == RecordedCall("optisync-b2-c", 2)
+    assert not third.spent("optisync-b2-d")
+    assert third.recorded_pack("r-17", slot) == RecordedCall("optisync-b2-d", 2)
     assert third.recorded_pack("r-3", slot) is None
 
 
@@ -612,3 +617,71 @@ def test_a_stop_holds_a_recorded_call_for_the_next_run_whole(
     journal.close()
     [again] = [c for c in fake.bodies("SendTransactionalMail") if c["UniqueMessageID"] == uid]
     assert len(again["Recipients"]) == 3 and summary.sent == 3
+
+
+class AnswerLost(FakeOptimove):
+    """Takes the first try of call ``uid`` (and mails it) but its answer is lost (503)."""
+
+    def __init__(self, uid: str) -> None:
+        super().__init__()
+        self.uid, self.lost = uid, False
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        response = super().__call__(request)
+        body = json.loads(request.content)
+        if not self.lost and isinstance(body, dict) and body.get("UniqueMessageID") == self.uid:
+            self.lost = True
+            return httpx.Response(503, json={"Error": "answer lost"})
+        return response
+
+
+def test_a_409_to_the_retry_of_a_short_call_is_its_own_try_not_the_first_call(
+    tmp_path: Path, receipts: Config
+) -> None:
+    path, uid = crashed_with_a_recorded_call(tmp_path, receipts, FakeOptimove(), (1, 3, 5))
+    fake = AnswerLost(uid)  # the first call never reached Optimove
+    journal = Journal(path)
+    summary = stream_push(receipts, fake, journal, tmp_path).run(redemptions(1))
+    journal.close()
+    assert fake.lost and summary.duplicates == 1  # its retry was refused: its own first try
+    journal = Journal(path)
+    stream_push(receipts, fake, journal, tmp_path).run(redemptions(3, 5))
+    journal.close()
+    assert mailed(fake) == ["m1@example.com", "m3@example.com", "m5@example.com"]
+
+
+def test_a_recorded_call_waits_on_while_input_waits_on_the_run(
+    tmp_path: Path, receipts: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sends full for longer than the recorded wait, input read ahead to the bound: the
+    call formed again still gets the recipients behind that input."""
+    from optisync.realtime import batching
+
+    monkeypatch.setattr(batching, "RECORDED_WAIT", 1.0)
+    path, uid = crashed_with_a_recorded_call(tmp_path, receipts, FakeOptimove(), (1, 3, 5))
+    gate = threading.Event()
+
+    class Blocked(FakeOptimove):
+        def __call__(self, request: httpx.Request) -> httpx.Response:
+            gate.wait(10)
+            return super().__call__(request)
+
+    fake = Blocked()
+
+    def feed() -> Iterator[Record]:
+        for n in (7, 1, 9):  # 7 and 9 go alone (idle input) and stay in the air, filling
+            yield from redemptions(n)  # the sends; 1 opens the call formed again
+            time.sleep(0.2)
+        threading.Timer(2.0, gate.set).start()  # sends full for twice the recorded wait
+        yield from redemptions(11, 13, 15, 17, 3, 5)
+
+    journal = Journal(path)
+    config = receipts.model_copy(
+        update={"optimove": receipts.optimove.model_copy(update={"concurrency": 1})}
+    )
+    push = stream_push(config, fake, journal, tmp_path)
+    push.inbox = Inbox(bound=2)
+    summary = push.run(feed())
+    journal.close()
+    [again] = [c for c in fake.bodies("SendTransactionalMail") if c["UniqueMessageID"] == uid]
+    assert len(again["Recipients"]) == 3 and summary.sent == 9

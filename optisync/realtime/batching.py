@@ -62,7 +62,8 @@ ORDERED: dict[Endpoint, Callable[[Any], str]] = {
 IDLE_SHARE = 0.25
 # A recorded mail waits this long for its recipients: a restart feeds them all at once,
 # unless one no longer comes as mail (the config changed meanwhile). Idle input does not
-# cut it: once its id goes with fewer recipients, the others cannot go under it.
+# cut it: once its id goes with fewer recipients, the others cannot go under it. Nor does
+# time spent with input waiting on the run (``Batcher.hold_recorded``).
 RECORDED_WAIT = 30.0
 
 
@@ -78,6 +79,7 @@ class Pack(Generic[M]):
     # a bulk mail formed again from an earlier run's record goes under that run's id
     uid: str | None = None
     expected: int = 0  # ...once it holds this many parts
+    first: bool = False  # the first call formed again under ``uid``: its 409 means it went
     # the body actually sent, set once: a failed part's letter may need it
     sent: Any = None
 
@@ -134,7 +136,7 @@ class Batcher(Generic[M]):
         self.clock = clock
         self.pending: dict[str, Pack[M]] = {}
         self.promo_codes: set[str] = set()
-        self.recorded_out: set[str] = set()  # recorded mails formed again and gone
+        self.forming = 0  # recorded mails collecting
 
     def already_sent(self, part: Part) -> bool:
         """A promotion code this run already packed: Optimove needs each code once."""
@@ -178,16 +180,14 @@ class Batcher(Generic[M]):
         """Place a mail ``part`` an earlier run recorded in the call ``uid``, which still
         has ``expected`` parts unsettled: that call is formed again and goes once it holds
         them all, or once it waited ``RECORDED_WAIT`` (one no longer comes as mail), or at
-        the end of the input."""
-        if uid in self.recorded_out:
-            # that call went out without this part (cut short): the part goes as new mail,
-            # never under an id Optimove may already have refused for the part before
-            return self.add(message, part)
+        the end of the input. Whether a part still belongs under ``uid`` is the
+        journal's to say (``Journal.recorded_pack``)."""
         key = f"recorded:{uid}"
         pack = self.pending.get(key)
         if pack is None:
             pack = self.pending[key] = Pack(part.endpoint, opened=self.clock(), uid=uid)
             pack.expected = expected
+            self.forming += 1
         pack.items.append((message, part))
         if len(pack.items) >= pack.expected:
             return [self._pop(key)]
@@ -201,8 +201,16 @@ class Batcher(Generic[M]):
     def _pop(self, key: str) -> Pack[M]:
         pack = self.pending.pop(key)
         if pack.uid is not None:
-            self.recorded_out.add(pack.uid)
+            self.forming -= 1
         return pack
+
+    def hold_recorded(self) -> None:
+        """Input is waiting on the run (sends full, records read ahead): the recipients of
+        a recorded mail may be among it, so its wait starts again."""
+        now = self.clock()
+        for pack in self.pending.values():
+            if pack.uid is not None:
+                pack.opened = now
 
     def deadline(self, last_input: float) -> float | None:
         """When the next pack falls due (see ``due``), or None when none is collecting."""

@@ -10,9 +10,11 @@ A bulk mail's recipients are recorded too, before the call goes out (``record_pa
 pack cut by time cannot be formed again by a rerun, so a rerun sends the recipients it
 finds there, still unsettled, as that same call again, under the same ``UniqueMessageID``,
 which Optimove refuses (409) if the first call went through. Nobody is mailed twice.
-Optimove's answer to a call formed again is recorded too (``record_answer``): a 409 says
-every recipient it was recorded with was mailed, a 2xx that the call's id is now spent on
-the recipients it carried, so one of the others that comes later is new mail.
+A call formed again with only some of its recipients spends the id on them: that is
+recorded before it goes (``record_spent``), so one of the others that comes later is new
+mail, never refused under an id it had no part in. A 409 to the first call formed again
+says the first call went, and every recipient it was recorded with was mailed
+(``record_went``).
 """
 
 import hashlib
@@ -32,8 +34,8 @@ def journal_path(state_dir: Path, input_file: Path) -> Path:
 
 
 _PACK = "P "  # a line recording a bulk mail's id and parts; entries are 24 hex characters
-# a line recording Optimove's answer to a call formed again: "A <id> went" (409) or
-# "A <id> took <count> <key>..." (2xx, with the parts it carried)
+# a line on a call formed again: "A <id> took <count> <key>..." (its id spent on those
+# parts) or "A <id> went" (Optimove refused it: the first call went)
 _ANSWER = "A "
 
 
@@ -56,7 +58,7 @@ class Journal:
         self._done: set[str] = set()
         self._packs: dict[str, tuple[str, list[str]]] = {}  # part key -> its recorded call
         self._went: set[str] = set()  # recorded calls Optimove said went before
-        self._took: dict[str, set[str]] = {}  # recorded call -> the parts it went with
+        self._took: dict[str, set[str]] = {}  # recorded call -> the parts its id is spent on
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if fresh:
@@ -96,7 +98,7 @@ class Journal:
                 self._packs[key] = (uid, keys)
 
     def _read_answer(self, line: str) -> None:
-        # a line cut short is no answer: the call is formed again and asks Optimove again
+        # a line cut short says nothing: a "took" line is written before its call goes
         match line.split():
             case [_, uid, "went"]:
                 self._went.add(uid)
@@ -128,18 +130,22 @@ class Journal:
         except OSError as exc:
             raise StorageError(f"cannot write the input journal {self.path}: {exc}") from None
 
-    def record_answer(self, uid: str, parts: list[tuple[str, str]], *, went: bool) -> None:
-        """Optimove's answer to the recorded call ``uid`` formed again with ``parts``: 409
-        (``went``: the first call went through) or 2xx (it did not, until now)."""
-        if uid in self._took:
-            return  # answered already: a 409 now is for the parts that call took
+    def spent(self, uid: str) -> bool:
+        """Whether the recorded call ``uid`` was formed again short already."""
+        return uid in self._took
+
+    def record_spent(self, uid: str, parts: list[tuple[str, str]]) -> None:
+        """The recorded call ``uid`` goes again with only ``parts``: its id is theirs."""
         keys = [_key(message_id, slot) for message_id, slot in parts]
-        if went:
-            self._went.add(uid)
-            self._file.write(f"{_ANSWER}{uid} went\n")
-        else:
-            self._took[uid] = set(keys)
-            self._file.write(f"{_ANSWER}{uid} took {len(keys)} {' '.join(keys)}\n")
+        self._took[uid] = set(keys)
+        self._file.write(f"{_ANSWER}{uid} took {len(keys)} {' '.join(keys)}\n")
+        self._sync()
+
+    def record_went(self, uid: str) -> None:
+        """Optimove refused the first call formed again from ``uid`` (409): the first call
+        went, and mailed every recipient it was recorded with."""
+        self._went.add(uid)
+        self._file.write(f"{_ANSWER}{uid} went\n")
         self._sync()
 
     def recorded_pack(self, message_id: str, slot: str) -> RecordedCall | None:
@@ -156,7 +162,7 @@ class Journal:
         took = self._took.get(uid)
         if took is not None:
             if key not in took:
-                return None  # the id went with other recipients: this one was never mailed
+                return None  # the id is spent on other recipients: this one is new mail
             keys = [k for k in keys if k in took]
         return RecordedCall(uid, sum(k not in self._done for k in keys))
 

@@ -2,7 +2,9 @@
 
 Nothing is lost: every input record ends either accepted by Optimove (its every part
 delivered), or as a dead letter — ``input`` for bad input, or the failed part with the
-exact body that was attempted (docs/realtime.md, docs/dead-letters.md).
+exact body that was attempted (docs/realtime.md, docs/dead-letters.md) — or, for the
+recipients of a bulk mail formed again after a crash when the run stops, held unsettled
+for the next run.
 
 The run's thread waits on one queue (``Inbox``): input records, the end of the input and
 finished sends all wake it, and so does the next linger deadline, so a feed that never
@@ -132,6 +134,10 @@ class Push:
         while True:
             if self.sender is not None:
                 self._settle_done()
+            if batcher.forming and (
+                self._room() <= 0 or inbox.read - inbox.taken >= inbox.bound // 2
+            ):
+                batcher.hold_recorded()
             if backlog and self._room() > 0:
                 # input held back is input all the same: the feed is not idle
                 last_input = self.clock()
@@ -195,11 +201,15 @@ class Push:
         self, pack: Pack[Message], delivery: Delivery | None, exc: BaseException | None
     ) -> None:
         self.outbox.settled(pack)
-        if pack.uid is not None and delivery is not None and delivery.ok and exc is None:
-            # before its parts are recorded as settled, so a rerun knows what the id went with
-            assert self.journal is not None
-            parts = [(message.message_id, part.slot) for message, part in pack.items]
-            self.journal.record_answer(pack.uid, parts, went=delivery.outcome == "duplicate")
+        if (
+            pack.first
+            and delivery is not None
+            and delivery.outcome == "duplicate"
+            and delivery.attempts <= 1  # a 409 to a retry may answer this call's own try
+        ):
+            # before its parts are recorded as settled: a rerun delivers the others too
+            assert self.journal is not None and pack.uid is not None
+            self.journal.record_went(pack.uid)
         self.settler.settle(pack, delivery, exc)
 
     def _settle_done(self) -> int:
@@ -320,14 +330,14 @@ class Push:
                 self.client_factory(), self.config.optimove.concurrency, wake=self.inbox.wake
             )
         body = pack.seal()
-        if (
-            self.journal is not None
-            and pack.endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL
-            and len(pack.items) > 1
-            and pack.uid is None  # a call formed again is on record already
-        ):
+        if self.journal is not None and pack.endpoint is Endpoint.SEND_TRANSACTIONAL_MAIL:
             parts = [(message.message_id, part.slot) for message, part in pack.items]
-            self.journal.record_pack(body["UniqueMessageID"], parts)
+            if pack.uid is None and len(pack.items) > 1:
+                self.journal.record_pack(body["UniqueMessageID"], parts)
+            elif pack.uid is not None and not self.journal.spent(pack.uid):
+                pack.first = True
+                if len(pack.items) < pack.expected:  # short: the id is these parts' now
+                    self.journal.record_spent(pack.uid, parts)
         self.sender.submit(pack.endpoint, body, pack)
         self.summary.requests += 1
 
@@ -336,7 +346,7 @@ class Push:
             if self.sender is not None:  # let in-flight sends end; record nothing more
                 self.sender.finish(None)
             return
-        # whatever is still queued was never sent: keep it as dead letters
+        # whatever is still queued was never sent: keep it as dead letters (or held)
         for pack in [*self.outbox.drain(), *self.batcher.drain()]:
             self.settler.unsent(pack)
         if self.sender is not None:

@@ -134,8 +134,9 @@ class Message:
 
 
 class PushSettler(Settler[Pack[Message]]):
-    """push-event's books: every record ends accepted or as a dead letter, and the journal
-    records each part only once it is one or the other (docs/dead-letters.md)."""
+    """push-event's books: every record ends accepted or as a dead letter (or held for the
+    next run, ``part_held``), and the journal records each part only once it is accepted
+    or a letter (docs/dead-letters.md)."""
 
     summary: PushSummary
 

@@ -3,8 +3,9 @@
 The same routing, packing, quota, retries, dead letters and journal as push-event: one
 ``Push`` run reads the spool's records in order and never ends on its own. A run that
 stops (a refused key, Optimove unavailable after its retries) has dead-lettered what it
-held, exactly as push-event would; the loop then waits and starts a new run on the rest
-of the spool, so a long outage does not turn the whole backlog into letters.
+had planned, exactly as push-event would (a bulk mail formed again after a crash stays
+spooled instead); the loop then waits and starts a new run on the rest of the spool, so a
+long outage does not turn the whole backlog into letters.
 """
 
 from __future__ import annotations
