@@ -21,7 +21,14 @@ from optisync.config import find_config, load_config
 from optisync.config.models import Config
 from optisync.errors import ExitCode
 from optisync.optimove.outcome import Endpoint
-from optisync.realtime.batching import ORDERED, RECORDED_WAIT, Batcher, Outbox, Pack
+from optisync.realtime.batching import (
+    ORDERED,
+    RECORDED_MAX,
+    RECORDED_WAIT,
+    Batcher,
+    Outbox,
+    Pack,
+)
 from optisync.realtime.deadletter import DeadLetterStore, Kind
 from optisync.realtime.inputs import Record, check
 from optisync.realtime.journal import Journal, RecordedCall
@@ -121,9 +128,16 @@ def test_a_recorded_mail_waits_for_its_recipients_past_the_linger_and_idle_input
     batcher.hold_recorded()
     clock.advance(2)
     assert batcher.due(clock(), clock() - 5) == []
-    # the end of the input sends it short, still under its id
-    [short] = batcher.drain()
+    # ...but not past RECORDED_MAX since it was formed: busy input cannot hold it forever
+    clock.advance(RECORDED_MAX)
+    batcher.hold_recorded()
+    [short] = batcher.due(clock(), clock())
     assert short.seal()["UniqueMessageID"] == "optisync-b2-y" and len(short.items) == 1
+    assert batcher.forming == 0
+    # the end of the input sends one short too, still under its id
+    batcher.add_recorded("optisync-b2-z", 2, 6, mail(7, "u6"))
+    [short] = batcher.drain()
+    assert short.seal()["UniqueMessageID"] == "optisync-b2-z" and len(short.items) == 1
     assert batcher.forming == 0
 
 
@@ -685,3 +699,26 @@ def test_a_recorded_call_waits_on_while_input_waits_on_the_run(
     journal.close()
     [again] = [c for c in fake.bodies("SendTransactionalMail") if c["UniqueMessageID"] == uid]
     assert len(again["Recipients"]) == 3 and summary.sent == 9
+
+
+def test_a_repeated_line_in_a_rerun_loses_no_recipient_of_a_call_formed_again(
+    tmp_path: Path, receipts: Config
+) -> None:
+    path, uid = crashed_with_a_recorded_call(tmp_path, receipts, FakeOptimove(), (1, 3, 5))
+    fake = FakeOptimove()  # the call never reached Optimove
+    journal = Journal(path)
+    # a rerun of the file, whose line for message 1 appears twice: the call formed again
+    # fills with 1, 1, 3 and goes; 5 comes after it, and must still be mailed
+    push = Push(
+        receipts,
+        store=DeadLetterStore(tmp_path / "dl"),
+        client_factory=lambda: fake.client(receipts),
+        run_id="r",
+        config_hash="h",
+        only={"email"},
+        journal=journal,
+    )
+    push.run(redemptions(1, 1, 3, 5))
+    journal.close()
+    assert fake.bodies("SendTransactionalMail")[0]["UniqueMessageID"] == uid
+    assert "m5@example.com" in mailed(fake)

@@ -65,6 +65,9 @@ IDLE_SHARE = 0.25
 # cut it: once its id goes with fewer recipients, the others cannot go under it. Nor does
 # time spent with input waiting on the run (``Batcher.hold_recorded``).
 RECORDED_WAIT = 30.0
+# ...however busy the run, it goes with what it has after this long (its messages stay
+# safe either way; this only keeps a changed config from holding them forever)
+RECORDED_MAX = 300.0
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Pack(Generic[M]):
     uid: str | None = None
     expected: int = 0  # ...once it holds this many parts
     first: bool = False  # the first call formed again under ``uid``: its 409 means it went
+    formed: float = 0.0  # when it was formed again (``opened`` restarts while input waits)
     # the body actually sent, set once: a failed part's letter may need it
     sent: Any = None
 
@@ -185,7 +189,8 @@ class Batcher(Generic[M]):
         key = f"recorded:{uid}"
         pack = self.pending.get(key)
         if pack is None:
-            pack = self.pending[key] = Pack(part.endpoint, opened=self.clock(), uid=uid)
+            now = self.clock()
+            pack = self.pending[key] = Pack(part.endpoint, opened=now, uid=uid, formed=now)
             pack.expected = expected
             self.forming += 1
         pack.items.append((message, part))
@@ -206,10 +211,10 @@ class Batcher(Generic[M]):
 
     def hold_recorded(self) -> None:
         """Input is waiting on the run (sends full, records read ahead): the recipients of
-        a recorded mail may be among it, so its wait starts again."""
+        a recorded mail may be among it, so its wait starts again (up to ``RECORDED_MAX``)."""
         now = self.clock()
         for pack in self.pending.values():
-            if pack.uid is not None:
+            if pack.uid is not None and now - pack.formed < RECORDED_MAX:
                 pack.opened = now
 
     def deadline(self, last_input: float) -> float | None:

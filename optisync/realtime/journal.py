@@ -10,10 +10,10 @@ A bulk mail's recipients are recorded too, before the call goes out (``record_pa
 pack cut by time cannot be formed again by a rerun, so a rerun sends the recipients it
 finds there, still unsettled, as that same call again, under the same ``UniqueMessageID``,
 which Optimove refuses (409) if the first call went through. Nobody is mailed twice.
-A call formed again with only some of its recipients spends the id on them: that is
-recorded before it goes (``record_spent``), so one of the others that comes later is new
-mail, never refused under an id it had no part in. A 409 to the first call formed again
-says the first call went, and every recipient it was recorded with was mailed
+The first call formed again spends the id on the recipients it carries: that is recorded
+before it goes (``record_spent``), so one of the others that comes later (a call sent
+short) is new mail, never refused under an id it had no part in. A 409 to the first call
+formed again says the first call went, and every recipient it was recorded with was mailed
 (``record_went``).
 """
 
@@ -131,12 +131,12 @@ class Journal:
             raise StorageError(f"cannot write the input journal {self.path}: {exc}") from None
 
     def spent(self, uid: str) -> bool:
-        """Whether the recorded call ``uid`` was formed again short already."""
+        """Whether a call was formed again from the recorded call ``uid`` already."""
         return uid in self._took
 
     def record_spent(self, uid: str, parts: list[tuple[str, str]]) -> None:
-        """The recorded call ``uid`` goes again with only ``parts``: its id is theirs."""
-        keys = [_key(message_id, slot) for message_id, slot in parts]
+        """The recorded call ``uid`` goes again with ``parts``: its id is theirs."""
+        keys = list(dict.fromkeys(_key(message_id, slot) for message_id, slot in parts))
         self._took[uid] = set(keys)
         self._file.write(f"{_ANSWER}{uid} took {len(keys)} {' '.join(keys)}\n")
         self._sync()

@@ -335,9 +335,10 @@ class Push:
             if pack.uid is None and len(pack.items) > 1:
                 self.journal.record_pack(body["UniqueMessageID"], parts)
             elif pack.uid is not None and not self.journal.spent(pack.uid):
+                # the id is these parts' from now on, whole or short (a repeated input line
+                # can fill a call with fewer distinct parts than it was recorded with)
                 pack.first = True
-                if len(pack.items) < pack.expected:  # short: the id is these parts' now
-                    self.journal.record_spent(pack.uid, parts)
+                self.journal.record_spent(pack.uid, parts)
         self.sender.submit(pack.endpoint, body, pack)
         self.summary.requests += 1
 
