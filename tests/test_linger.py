@@ -432,7 +432,10 @@ def redemptions(*numbers: int) -> list[Record]:
     return [check(tier_or_redemption(n, True), n, "spool") for n in numbers]
 
 
-def stream_push(config: Config, fake: FakeOptimove, journal: Journal, tmp_path: Path) -> Push:
+def stream_push(
+    config: Config, fake: FakeOptimove, journal: Journal, tmp_path: Path, *, stream: bool = True
+) -> Push:
+    """A run sending mail only: serve's (a stream), or with ``stream=False`` a file's."""
     return Push(
         config,
         store=DeadLetterStore(tmp_path / "dl"),
@@ -441,7 +444,7 @@ def stream_push(config: Config, fake: FakeOptimove, journal: Journal, tmp_path: 
         config_hash="h",
         only={"email"},
         journal=journal,
-        stream=True,
+        stream=stream,
     )
 
 
@@ -709,16 +712,7 @@ def test_a_repeated_line_in_a_rerun_loses_no_recipient_of_a_call_formed_again(
     journal = Journal(path)
     # a rerun of the file, whose line for message 1 appears twice: the call formed again
     # fills with 1, 1, 3 and goes; 5 comes after it, and must still be mailed
-    push = Push(
-        receipts,
-        store=DeadLetterStore(tmp_path / "dl"),
-        client_factory=lambda: fake.client(receipts),
-        run_id="r",
-        config_hash="h",
-        only={"email"},
-        journal=journal,
-    )
-    push.run(redemptions(1, 1, 3, 5))
+    stream_push(receipts, fake, journal, tmp_path, stream=False).run(redemptions(1, 1, 3, 5))
     journal.close()
     assert fake.bodies("SendTransactionalMail")[0]["UniqueMessageID"] == uid
     assert "m5@example.com" in mailed(fake)

@@ -48,6 +48,11 @@ class RecordedCall:
     went: bool = False  # Optimove said the call went (409): this part was mailed
 
 
+def _whole(count: str, keys: list[str]) -> bool:
+    """Whether a line's keys are all there, as many as it says: a kill cuts lines short."""
+    return count.isdigit() and int(count) == len(keys) and all(len(k) == 24 for k in keys)
+
+
 def _key(message_id: str, slot: str) -> str:
     return hashlib.sha1(f"{message_id}\x1f{slot}".encode(), usedforsecurity=False).hexdigest()[:24]
 
@@ -89,22 +94,17 @@ class Journal:
 
     def _read_pack(self, line: str) -> None:
         # "P <id> <count> <key>...": a line cut short lacks keys, or has its last one short
-        fields = line.split()
-        if len(fields) < 3:
-            return
-        _, uid, count, *keys = fields
-        if count.isdigit() and int(count) == len(keys) and all(len(k) == 24 for k in keys):
-            for key in keys:
-                self._packs[key] = (uid, keys)
+        match line.split():
+            case [_, uid, count, *keys] if _whole(count, keys):
+                for key in keys:
+                    self._packs[key] = (uid, keys)
 
     def _read_answer(self, line: str) -> None:
         # a line cut short says nothing: a "took" line is written before its call goes
         match line.split():
             case [_, uid, "went"]:
                 self._went.add(uid)
-            case [_, uid, "took", count, *keys] if count.isdigit() and int(count) == len(
-                keys
-            ) and all(len(k) == 24 for k in keys):
+            case [_, uid, "took", count, *keys] if _whole(count, keys):
                 self._took[uid] = set(keys)
 
     def __len__(self) -> int:
