@@ -64,6 +64,7 @@ optimove:
   events_url: http://127.0.0.1:{events_port}/reportEvent
   tenant_id: 1234
   api_key: {key}
+  events_auth: api_key_header  # as the httpx baselines send it; both gateways take it
   concurrency: {concurrency}
   rate_limit: {{requests: {general}, per_seconds: 10}}
   transactional_rate_limit: {{requests: {transactional}, per_seconds: 1}}
