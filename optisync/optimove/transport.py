@@ -21,7 +21,6 @@ Either way the request's ``timeout`` extension (connect, read) applies.
 
 from __future__ import annotations
 
-import http.client
 import socket
 import ssl
 import threading
@@ -42,34 +41,129 @@ def environment_names_a_proxy() -> bool:
     return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
 
 
-class _OneWrite:
-    """http.client writes a request's header block and its body with two send() calls:
-    two system calls, and a receiver woken twice. Set ``body`` before ``endheaders()`` and
-    the header block and the body leave in one write."""
-
-    body: bytes | None = None
-
-    def send(self, data: Any) -> None:
-        body, self.body = self.body, None
-        if body is not None:
-            data = bytes(data) + body
-        super().send(data)  # type: ignore[misc]
+# Limits on an answer's head, as http.client sets them: a line, and the header lines.
+_MAX_LINE = 65536
+_MAX_HEADERS = 100
 
 
-class _HTTPConnection(_OneWrite, http.client.HTTPConnection):
-    pass
+class _ProtocolError(Exception):
+    """The answer is not HTTP/1.1 optisync can read, or was cut short."""
 
 
-class _HTTPSConnection(_OneWrite, http.client.HTTPSConnection):
-    pass
+class _Connection:
+    """One keep-alive connection: its socket, and a buffered reader kept for its life, so
+    an answer's head is read in one system call, not one per line."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.rfile = sock.makefile("rb")
+
+    def close(self) -> None:
+        self.rfile.close()
+        self.sock.close()
 
 
-_Connection = _HTTPConnection | _HTTPSConnection
+def _head(request: httpx.Request, body: bytes) -> bytes:
+    """The request line and headers. httpx's request already carries Host (with the port
+    when it is not the scheme's default) and Content-Length; like http.client, optisync
+    asks for an uncompressed answer unless the request says otherwise."""
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
+    names = set()
+    for name, value in request.headers.raw:
+        lines.append(name + b": " + value)
+        names.add(name.lower())
+    if b"content-length" not in names and b"transfer-encoding" not in names:
+        lines.append(b"Content-Length: %d" % len(body))
+    if b"accept-encoding" not in names:
+        lines.append(b"Accept-Encoding: identity")
+    head = b"\r\n".join(lines)
+    if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1:
+        # a line break inside a header would smuggle in headers (or a request) of its own
+        raise httpx.LocalProtocolError("a request header holds a line break")
+    return head + b"\r\n\r\n"
+
+
+def _read_line(rfile: Any) -> bytes:
+    line: bytes = rfile.readline(_MAX_LINE + 1)
+    if len(line) > _MAX_LINE:
+        raise _ProtocolError("a line of the answer is too long")
+    if not line.endswith(b"\n"):
+        raise _ProtocolError("the server closed the connection without (a whole) answer")
+    return line
+
+
+def _read_headers(rfile: Any) -> list[tuple[bytes, bytes]]:
+    headers: list[tuple[bytes, bytes]] = []
+    while True:
+        line = _read_line(rfile)
+        if line in (b"\r\n", b"\n"):
+            return headers
+        if line[:1] in (b" ", b"\t") and headers:  # a folded line continues the last header
+            name, value = headers[-1]
+            headers[-1] = (name, value + b" " + line.strip())
+            continue
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip():
+            raise _ProtocolError("a header line of the answer is malformed")
+        headers.append((name, value.strip()))
+        if len(headers) > _MAX_HEADERS:
+            raise _ProtocolError(f"the answer has more than {_MAX_HEADERS} headers")
+
+
+def _read_chunked(rfile: Any) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        size_field = _read_line(rfile).split(b";", 1)[0].strip()
+        try:
+            size = int(size_field, 16)
+        except ValueError:
+            raise _ProtocolError("a chunk size of the answer is malformed") from None
+        if size == 0:
+            _read_headers(rfile)  # trailers, if any
+            return b"".join(chunks)
+        chunk = rfile.read(size)
+        if len(chunk) != size or _read_line(rfile) not in (b"\r\n", b"\n"):
+            raise _ProtocolError("the answer was cut short")
+        chunks.append(chunk)
+
+
+def _read_response(rfile: Any, method: str) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+    """One answer: its status, headers, body, and whether the connection can be reused."""
+    while True:
+        version, _, rest = _read_line(rfile).partition(b" ")
+        code = rest[:3]
+        if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
+            raise _ProtocolError("the answer's status line is malformed")
+        status = int(code)
+        headers = _read_headers(rfile)
+        if not 100 <= status < 200 or status == 101:
+            break  # the final answer; an interim one (100 Continue) is skipped
+    fields = {name.lower(): value for name, value in headers}
+    connection = fields.get(b"connection", b"").lower()
+    reuse = b"close" not in connection and (version != b"HTTP/1.0" or b"keep-alive" in connection)
+    if method == "HEAD" or status < 200 or status in (204, 304):
+        return status, headers, b"", reuse
+    if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+        return status, headers, _read_chunked(rfile), reuse
+    length = fields.get(b"content-length")
+    if length is None:  # the body runs to the end of the connection
+        return status, headers, rfile.read(), False
+    if not length.strip().isdigit():
+        raise _ProtocolError("the answer's Content-Length is malformed")
+    content = rfile.read(int(length))
+    if len(content) != int(length):
+        raise _ProtocolError("the answer was cut short")
+    return status, headers, content, reuse
 
 
 class KeepAliveTransport(httpx.BaseTransport):
-    """Direct HTTP/1.1 on http.client: one keep-alive connection per thread and origin
-    (http.client connections are not thread-safe, and the client's thread pool is small)."""
+    """Direct HTTP/1.1: one keep-alive connection per thread and origin (the client's
+    thread pool is small), each request written in one system call and each answer read
+    from a buffer kept with its connection.
+
+    What it reads and refuses is what http.client reads and refuses (a line over 64 KiB,
+    more than 100 headers, a length that does not match); every failure becomes the httpx
+    exception class that stands for it."""
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -86,94 +180,77 @@ class KeepAliveTransport(httpx.BaseTransport):
                 self._tls = httpx.create_ssl_context()
             return self._tls
 
-    def _connection(self, url: httpx.URL, timeout: float | None) -> _Connection:
-        pool: dict[tuple[str, str, int], _Connection] = getattr(self._local, "pool", None) or {}
-        self._local.pool = pool
-        port = url.port or (443 if url.scheme == "https" else 80)
-        key = (url.scheme, url.host, port)
-        conn: _Connection | None = pool.get(key)
-        if conn is None:
+    def _connect(self, url: httpx.URL, port: int, timeout: float | None) -> _Connection:
+        sock = socket.create_connection((url.host, port), timeout=timeout)
+        try:
+            # without it, Nagle's algorithm can hold a request's last segment until the
+            # peer's delayed ACK (40 ms or more per request)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if url.scheme == "https":
-                conn = _HTTPSConnection(
-                    url.host, port, timeout=timeout, context=self._tls_context()
-                )
-            else:
-                conn = _HTTPConnection(url.host, port, timeout=timeout)
-            pool[key] = conn
-            with self._lock:
-                self._all.append(conn)
+                # the certificate must name the host (the context checks hostnames)
+                sock = self._tls_context().wrap_socket(sock, server_hostname=url.host)
+        except BaseException:
+            sock.close()
+            raise
+        conn = _Connection(sock)
+        with self._lock:
+            self._all.append(conn)
         return conn
 
-    def _forget(self, url: httpx.URL) -> None:
-        pool = getattr(self._local, "pool", {})
-        port = url.port or (443 if url.scheme == "https" else 80)
-        conn = pool.pop((url.scheme, url.host, port), None)
+    def _forget(self, key: tuple[str, str, int]) -> None:
+        conn = getattr(self._local, "pool", {}).pop(key, None)
         if conn is not None:
             conn.close()
+            with self._lock:
+                if conn in self._all:
+                    self._all.remove(conn)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
-        connect_timeout = timeouts.get("connect")
-        read_timeout = timeouts.get("read")
         url = request.url
-        conn = self._connection(url, connect_timeout)
-        target = url.raw_path.decode("ascii")
+        if url.scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"the URL scheme {url.scheme!r} is not supported")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        key = (url.scheme, url.host, port)
         body = request.read()
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers.raw}
-        headers.pop("Host", None)
-        headers.pop("host", None)
-        connecting = conn.sock is None
+        head = _head(request, body)
+        pool: dict[tuple[str, str, int], _Connection] | None = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = {}
+        conn = pool.get(key)
+        connecting = conn is None
         try:
-            if connecting:
-                conn.timeout = connect_timeout
-                conn.connect()
+            if conn is None:
+                conn = pool[key] = self._connect(url, port, timeouts.get("connect"))
                 connecting = False
-                assert conn.sock is not None
-                # http.client writes the headers and the body separately: without
-                # TCP_NODELAY, Nagle's algorithm holds the body until the peer's delayed
-                # ACK (40 ms or more per request).
-                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            assert conn.sock is not None
-            conn.sock.settimeout(read_timeout)
-            # what conn.request() does, with the body handed over to leave with the headers
-            names = {k.lower() for k in headers}
-            conn.putrequest(
-                request.method,
-                target,
-                skip_host="host" in names,
-                skip_accept_encoding="accept-encoding" in names,
-            )
-            if "content-length" not in names and "transfer-encoding" not in names:
-                conn.putheader("Content-Length", str(len(body)))
-            for name, value in headers.items():
-                conn.putheader(name, value)
-            conn.body = body or None
-            conn.endheaders()
-            response = conn.getresponse()
-            content = response.read()
+            conn.sock.settimeout(timeouts.get("read"))
+            conn.sock.sendall(head + body)
+            status, headers, content, reuse = _read_response(conn.rfile, request.method)
         except TimeoutError as exc:
-            self._forget(url)
+            self._forget(key)
             raise (httpx.ConnectTimeout if connecting else httpx.ReadTimeout)(
                 str(exc) or "timed out", request=request
             ) from exc
         except (ConnectionRefusedError, socket.gaierror) as exc:
-            self._forget(url)
+            self._forget(key)
             raise httpx.ConnectError(str(exc), request=request) from exc
         except ssl.SSLError as exc:
-            self._forget(url)
+            self._forget(key)
             raise httpx.ConnectError(f"TLS: {exc}", request=request) from exc
-        except (http.client.HTTPException, ConnectionError, OSError) as exc:
-            # the server closed the connection without (a whole) answer
-            self._forget(url)
+        except (_ProtocolError, OSError) as exc:
+            # the server closed the connection without (a whole) answer, or sent one that
+            # is not HTTP
+            self._forget(key)
             raise httpx.RemoteProtocolError(
                 f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
                 request=request,
             ) from exc
-        if response.will_close:
-            self._forget(url)
+        if not reuse:
+            self._forget(key)
         return httpx.Response(
-            response.status,
-            headers=[(k, v) for k, v in response.getheaders() if k.lower() != "transfer-encoding"],
+            status,
+            # the body is handed over whole: its chunking is this hop's business
+            headers=[(k, v) for k, v in headers if k.lower() != b"transfer-encoding"],
             content=content,
             request=request,
         )
