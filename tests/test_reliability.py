@@ -264,8 +264,8 @@ def test_a_stop_signal_waits_until_the_answers_in_hand_are_recorded(sig: int) ->
 
     try:
         with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
-            for i in range(2):
-                sender.submit(Endpoint.EVENTS, i, f"send-{i}")
+            for i in range(2):  # the worker's room: settle must take an answer
+                sender.submit(Endpoint.UPDATE_CUSTOMER_ATTRIBUTES, i, f"send-{i}")
             sender.settle(handle)
         assert handled  # the answer being recorded was recorded in full
         assert len(handled) + len(sender.inflight) == 2  # nothing left between the two

@@ -302,6 +302,21 @@ def pack_unsubscribers(bodies: list[Any]) -> Any:
     return {"BrandId": bodies[0]["BrandId"], "EmailAddresses": list(addresses.values())}
 
 
+#: Slots of the in-flight bound a send takes, unless ``send_slots`` says otherwise.
+FULL_SEND = 8
+
+
+def send_slots(endpoint: Endpoint) -> int:
+    """The share of the in-flight bound a send to ``endpoint`` takes.
+
+    An events call is small, goes to a host of its own and waits on no quota of Optimove's
+    API, and by default carries one event: what bounds it is the thread switch each answer
+    costs, so many may be in flight at once, and the run plans ahead while they go. Any
+    other call may carry a thousand customers or wait seconds for a quota: two per worker.
+    """
+    return 1 if endpoint is Endpoint.EVENTS else FULL_SEND
+
+
 class Outbox(Generic[M]):
     """Packs ready to go, in the order they became ready.
 
@@ -314,6 +329,7 @@ class Outbox(Generic[M]):
         self.queue: deque[Pack[M]] = deque()
         self.busy: Counter[str] = Counter()  # customers of ordered packs in flight
         self.parts = 0
+        self.slots = 0  # of the in-flight bound, that the waiting packs will take
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -321,6 +337,7 @@ class Outbox(Generic[M]):
     def put(self, pack: Pack[M]) -> None:
         self.queue.append(pack)
         self.parts += len(pack.items)
+        self.slots += send_slots(pack.endpoint)
 
     def take(self) -> Pack[M] | None:
         blocked: set[str] = set()
@@ -332,6 +349,7 @@ class Outbox(Generic[M]):
                 self.busy.update(pack.customers)
             del self.queue[n]
             self.parts -= len(pack.items)
+            self.slots -= send_slots(pack.endpoint)
             return pack
         return None
 
@@ -346,6 +364,7 @@ class Outbox(Generic[M]):
         while self.queue:
             pack = self.queue.popleft()
             self.parts -= len(pack.items)
+            self.slots -= send_slots(pack.endpoint)
             yield pack
 
 

@@ -184,10 +184,10 @@ class Push:
             progress(1)
 
     def _room(self) -> int:
-        """Sends that could start now, packs already waiting counted."""
+        """Slots of the in-flight bound free now, packs already waiting counted."""
         if self.sender is None:
-            return in_flight_bound(self.config.optimove.concurrency) - len(self.outbox)
-        return self.sender.room - len(self.outbox)
+            return in_flight_bound(self.config.optimove.concurrency) - self.outbox.slots
+        return self.sender.room - self.outbox.slots
 
     def _dispatch(self) -> None:
         """Send waiting packs in order while there is room (see ``Outbox`` for order)."""

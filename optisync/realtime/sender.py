@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from optisync.optimove.client import OptimoveClient
 from optisync.optimove.outcome import Delivery, Endpoint
+from optisync.realtime.batching import FULL_SEND, send_slots
 
 T = TypeVar("T")  # what the caller settles each answer against
 Handler = Callable[[T, Delivery | None, BaseException | None], None]
@@ -27,9 +28,10 @@ Item = TypeVar("Item")  # an input item
 
 
 def in_flight_bound(workers: int) -> int:
-    """Sends submitted and not yet settled, at most: enough to keep every worker busy while
-    answers are settled, few enough that memory stays flat."""
-    return workers * 2
+    """Slots for the sends submitted and not yet settled: two full-size sends per worker
+    (see ``send_slots``), enough to keep every worker busy while answers are settled, few
+    enough that memory stays flat."""
+    return workers * 2 * FULL_SEND
 
 
 class Sender(Generic[T]):
@@ -44,17 +46,21 @@ class Sender(Generic[T]):
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="optisync-send")
         self.limit = in_flight_bound(workers)
         self.inflight: dict[Future[Delivery], T] = {}
+        self._slots: dict[Future[Delivery], int] = {}
+        self.used = 0  # slots held by the sends in flight
         self.finished: SimpleQueue[Future[Delivery]] = SimpleQueue()
         self.wake = wake
 
     @property
     def room(self) -> int:
-        """How many more sends may be submitted now."""
-        return self.limit - len(self.inflight)
+        """Slots free now: a send may be submitted while there are any."""
+        return self.limit - self.used
 
     def submit(self, endpoint: Endpoint, body: Any, tag: T) -> None:
         future = self.pool.submit(self.client.send, endpoint, body)
         self.inflight[future] = tag
+        self._slots[future] = slots = send_slots(endpoint)
+        self.used += slots
         # Each finished send queues itself: waiting on the queue costs one lock, where
         # waiting on every send in flight sets up a waiter on each of them, every time.
         future.add_done_callback(self._done)
@@ -70,7 +76,7 @@ class Sender(Generic[T]):
         while not self.finished.empty():
             with SIGNALS.held():  # see settle: from the queue to the books, uninterrupted
                 future = self.finished.get()
-                tag = self.inflight.pop(future)
+                tag = self._pop(future)
                 n += 1
                 exc = future.exception()
                 handle(tag, None if exc else future.result(), exc)
@@ -88,17 +94,21 @@ class Sender(Generic[T]):
                 while handle is not None and self.inflight:
                     future = next(iter(self.inflight))
                     exc = future.exception()  # waits for it
-                    tag = self.inflight.pop(future)
+                    tag = self._pop(future)
                     handle(tag, None if exc else future.result(), exc)
         finally:
             self.close()
             self.client.close()
 
+    def _pop(self, future: Future[Delivery]) -> T:
+        self.used -= self._slots.pop(future)
+        return self.inflight.pop(future)
+
     def settle(self, handle: Handler[T], *, all_: bool = False) -> None:
         """Hand finished sends to ``handle`` until there is room (``all_``: until none is
         left). A stop signal waits until the answers in hand are recorded: once a send
         leaves ``inflight``, only ``handle`` can journal or dead-letter it."""
-        while self.inflight and (all_ or len(self.inflight) >= self.limit):
+        while self.inflight and (all_ or self.room <= 0):
             # Held from the moment a send leaves the queue: a signal landing between taking
             # it and recording it would leave it in flight with its completion consumed,
             # and the final drain would wait for it forever.
@@ -107,7 +117,7 @@ class Sender(Generic[T]):
                 while not self.finished.empty():
                     done.append(self.finished.get())
                 for future in done:
-                    tag = self.inflight.pop(future)
+                    tag = self._pop(future)
                     exc = future.exception()
                     handle(tag, None if exc else future.result(), exc)
             if not all_:  # finishing runs to the end whatever arrives
@@ -204,7 +214,8 @@ class Inbox(Generic[Item]):
     def took(self) -> None:
         """One item handed out by ``get`` is dealt with: the reader may read one more."""
         self.taken += 1
-        self.room.set()
+        if not self.room.is_set():  # the reader cleared it and may wait: wake it
+            self.room.set()
 
     def close(self) -> None:
         """Stop reading: the reader ends at its next item."""
