@@ -155,10 +155,10 @@ def classify(
     if transactional is None:
         transactional = is_transactional(response)
     status = response.status_code
-    text = error_text(response)
+    payload = _json_or_none(response)  # once: each answer's body is parsed a single time
+    text = _text_of(response, payload)
 
     if 200 <= status < 300:
-        payload = _json_or_none(response)
         if isinstance(payload, dict):
             if payload.get("IsSuccess") is False or _is_error_status(payload.get("status")):
                 return Outcome("fatal", status, text or f"HTTP {status} reported failure")
@@ -207,7 +207,10 @@ def error_text(response: httpx.Response) -> str | None:
 
     Truncated to :data:`ERROR_TEXT_LIMIT` characters; ``None`` for an empty body.
     """
-    payload = _json_or_none(response)
+    return _text_of(response, _json_or_none(response))
+
+
+def _text_of(response: httpx.Response, payload: object) -> str | None:
     text: str | None
     if isinstance(payload, dict):
         text = None
