@@ -44,6 +44,10 @@ def environment_names_a_proxy() -> bool:
 # Limits on an answer's head, as http.client sets them: a line, and the header lines.
 _MAX_LINE = 65536
 _MAX_HEADERS = 100
+# An answer is read whole into memory: Optimove's are a few kilobytes of JSON, so a length
+# past this is a broken or hostile server, refused before anything is allocated for it.
+_MAX_BODY = 64 * 1024 * 1024
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
 class _ProtocolError(Exception):
@@ -112,12 +116,15 @@ def _read_headers(rfile: Any) -> list[tuple[bytes, bytes]]:
 
 def _read_chunked(rfile: Any) -> bytes:
     chunks: list[bytes] = []
+    total = 0
     while True:
         size_field = _read_line(rfile).split(b";", 1)[0].strip()
-        try:
-            size = int(size_field, 16)
-        except ValueError:
-            raise _ProtocolError("a chunk size of the answer is malformed") from None
+        if not 0 < len(size_field) <= 16 or not _HEX.issuperset(size_field):
+            raise _ProtocolError("a chunk size of the answer is malformed")
+        size = int(size_field, 16)
+        total += size
+        if total > _MAX_BODY:
+            raise _ProtocolError("the answer is too large")
         if size == 0:
             _read_headers(rfile)  # trailers, if any
             return b"".join(chunks)
@@ -128,32 +135,55 @@ def _read_chunked(rfile: Any) -> bytes:
 
 
 def _read_response(rfile: Any, method: str) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
-    """One answer: its status, headers, body, and whether the connection can be reused."""
+    """One answer: its status, headers, body, and whether the connection can be reused
+    (only when the answer's end is certain and the server means to keep it open)."""
     while True:
         version, _, rest = _read_line(rfile).partition(b" ")
         code = rest[:3]
-        if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
+        if (
+            not version.startswith(b"HTTP/1.")
+            or not code.isdigit()
+            or len(code) != 3
+            or rest[3:4] not in (b"", b" ", b"\r", b"\n")
+        ):
             raise _ProtocolError("the answer's status line is malformed")
         status = int(code)
         headers = _read_headers(rfile)
         if not 100 <= status < 200 or status == 101:
             break  # the final answer; an interim one (100 Continue) is skipped
-    fields = {name.lower(): value for name, value in headers}
-    connection = fields.get(b"connection", b"").lower()
-    reuse = b"close" not in connection and (version != b"HTTP/1.0" or b"keep-alive" in connection)
+    fields: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        fields.setdefault(name.lower(), []).append(value)
+    connection = b",".join(fields.get(b"connection", [])).lower()
+    encoding = b",".join(fields.get(b"transfer-encoding", [])).lower()
+    reuse = (
+        b"close" not in connection
+        and (version != b"HTTP/1.0" or (b"keep-alive" in connection and not encoding))
+        and status != 101  # the connection speaks another protocol from here on
+    )
     if method == "HEAD" or status < 200 or status in (204, 304):
         return status, headers, b"", reuse
-    if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
-        return status, headers, _read_chunked(rfile), reuse
-    length = fields.get(b"content-length")
-    if length is None:  # the body runs to the end of the connection
-        return status, headers, rfile.read(), False
-    if not length.strip().isdigit():
-        raise _ProtocolError("the answer's Content-Length is malformed")
+    if encoding:
+        if encoding.rsplit(b",", 1)[-1].strip() == b"chunked":
+            return status, headers, _read_chunked(rfile), reuse
+        return status, headers, _read_to_close(rfile), False  # its end is the close
+    lengths = {value.strip() for value in fields.get(b"content-length", [])}
+    if not lengths:  # the body runs to the end of the connection
+        return status, headers, _read_to_close(rfile), False
+    length = lengths.pop()
+    if lengths or not length.isdigit() or int(length) > _MAX_BODY:
+        raise _ProtocolError("the answer's Content-Length is malformed or too large")
     content = rfile.read(int(length))
     if len(content) != int(length):
         raise _ProtocolError("the answer was cut short")
     return status, headers, content, reuse
+
+
+def _read_to_close(rfile: Any) -> bytes:
+    content: bytes = rfile.read(_MAX_BODY + 1)
+    if len(content) > _MAX_BODY:
+        raise _ProtocolError("the answer is too large")
+    return content
 
 
 class KeepAliveTransport(httpx.BaseTransport):
@@ -170,6 +200,7 @@ class KeepAliveTransport(httpx.BaseTransport):
         self._all: list[_Connection] = []
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
+        self._generation = 0  # moves on at close(): every thread's connections are gone
 
     def _tls_context(self) -> ssl.SSLContext:
         # httpx builds its context with the transport; this one waits for the first https
@@ -181,14 +212,17 @@ class KeepAliveTransport(httpx.BaseTransport):
             return self._tls
 
     def _connect(self, url: httpx.URL, port: int, timeout: float | None) -> _Connection:
-        sock = socket.create_connection((url.host, port), timeout=timeout)
+        # the host as httpx encodes it (IDNA 2008, no IPv6 brackets), for the socket and the
+        # certificate check alike, as the Host header carries it
+        host = url.raw_host.decode("ascii")
+        sock = socket.create_connection((host, port), timeout=timeout)
         try:
             # without it, Nagle's algorithm can hold a request's last segment until the
             # peer's delayed ACK (40 ms or more per request)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if url.scheme == "https":
                 # the certificate must name the host (the context checks hostnames)
-                sock = self._tls_context().wrap_socket(sock, server_hostname=url.host)
+                sock = self._tls_context().wrap_socket(sock, server_hostname=host)
         except BaseException:
             sock.close()
             raise
@@ -215,8 +249,9 @@ class KeepAliveTransport(httpx.BaseTransport):
         body = request.read()
         head = _head(request, body)
         pool: dict[tuple[str, str, int], _Connection] | None = getattr(self._local, "pool", None)
-        if pool is None:
+        if pool is None or self._local.generation != self._generation:
             pool = self._local.pool = {}
+            self._local.generation = self._generation
         conn = pool.get(key)
         connecting = conn is None
         try:
@@ -245,6 +280,11 @@ class KeepAliveTransport(httpx.BaseTransport):
                 f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
                 request=request,
             ) from exc
+        except BaseException:
+            # an interrupt, or a failure no class above names: where the answer stopped is
+            # unknown, so the connection cannot carry another request
+            self._forget(key)
+            raise
         if not reuse:
             self._forget(key)
         return httpx.Response(
@@ -257,6 +297,7 @@ class KeepAliveTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         with self._lock:
+            self._generation += 1
             for conn in self._all:
                 conn.close()
             self._all.clear()

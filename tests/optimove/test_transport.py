@@ -201,6 +201,12 @@ def test_chunked_interim_and_folded_answers_are_read_whole() -> None:
         (ok(b"bye", b"Connection: close"), "close"),
         (b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nbye", "close"),
         (b"HTTP/1.1 200 OK\r\n\r\nbye", "close"),  # no length: the body runs to the close
+        # a coding other than chunked last: the body ends at the close, whatever its length
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nContent-Length: 1\r\n\r\nbye",
+            "close",
+        ),
+        (ok(b"bye", b"Connection: keep-alive", b"Connection: close"), "close"),
     ],
 )
 def test_an_answer_that_ends_its_connection_is_not_reused(answer: tuple[bytes, str]) -> None:
@@ -222,6 +228,11 @@ def test_an_answer_that_ends_its_connection_is_not_reused(answer: tuple[bytes, s
         b"HTTP/1.1 200 OK\r\nno colon here\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-2\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x10\r\n",
+        b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 1\r\n\r\nab",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n",
     ],
 )
 def test_a_malformed_answer_is_a_protocol_error(answer: bytes) -> None:
@@ -239,4 +250,14 @@ def test_a_header_with_a_line_break_is_refused_before_anything_is_sent() -> None
     with pytest.raises(httpx.LocalProtocolError):
         KeepAliveTransport().handle_request(request)
     assert server.requests == [] and server.connections == 0
+    server.close()
+
+
+def test_a_closed_transport_connects_again_on_every_thread() -> None:
+    server = Scripted(ok(b"one"), ok(b"two"))
+    transport = KeepAliveTransport()
+    assert post(transport, server.url).content == b"one"
+    transport.close()
+    assert post(transport, server.url).content == b"two"
+    assert server.connections == 2
     server.close()
