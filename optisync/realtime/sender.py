@@ -57,13 +57,17 @@ class Sender(Generic[T]):
         return self.limit - self.used
 
     def submit(self, endpoint: Endpoint, body: Any, tag: T) -> None:
-        future = self.pool.submit(self.client.send, endpoint, body)
-        self.inflight[future] = tag
-        self._slots[future] = slots = send_slots(endpoint)
-        self.used += slots
-        # Each finished send queues itself: waiting on the queue costs one lock, where
-        # waiting on every send in flight sets up a waiter on each of them, every time.
-        future.add_done_callback(self._done)
+        # a stop signal waits until the send is on the books whole: in flight, with its
+        # slots, or not submitted at all
+        with SIGNALS.held():
+            future = self.pool.submit(self.client.send, endpoint, body)
+            self.inflight[future] = tag
+            self._slots[future] = slots = send_slots(endpoint)
+            self.used += slots
+            # Each finished send queues itself: waiting on the queue costs one lock, where
+            # waiting on every send in flight sets up a waiter on each of them, every time.
+            future.add_done_callback(self._done)
+        SIGNALS.check()
 
     def _done(self, future: Future[Delivery]) -> None:
         self.finished.put(future)
