@@ -268,3 +268,41 @@ def test_letters_carry_the_config_files_hash_with_an_opt_in_register(
     letters = [letter for _, letter in store.iter_letters()]
     assert len(letters) == 1
     assert letters[0].config_hash == config_hash(EXAMPLES / "optisync.yaml")
+
+
+def test_a_run_keeps_consent_in_memory_only_where_mail_depends_on_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An endless feed must not grow the process by a member for every member it has seen.
+    from optisync.config.load import load_config
+    from optisync.realtime import plan
+    from optisync.realtime.optin import OptInRegister
+    from optisync.realtime.push import Push
+
+    def stating(member: str, opted_in: bool) -> Any:
+        return parse_envelope(
+            {**EVENTS[0], "member_id": member, "data": {"email_opt_in": opted_in}}
+        )
+
+    monkeypatch.setattr(plan, "RECENT_CONSENT", 2)
+    register = OptInRegister(tmp_path / "register.sqlite3")
+    consent = plan.Consent(register)
+    for member, opted_in in [("M1", True), ("M2", False), ("M3", True), ("M1", False)]:
+        consent.note(stating(member, opted_in), opted_in)
+    assert list(consent.seen) == ["M3", "M1"]  # the latest two, in the order last stated
+    assert consent.known("M2") is False  # older ones are still known, from the register
+    assert consent.known("M1") is False and consent.known("M3") is True
+    register.close()
+    dry = plan.Consent(None, dry_run=True)  # nothing else remembers a dry run's consent
+    for member in ("M1", "M2", "M3"):
+        dry.note(stating(member, True), True)
+    assert len(dry.seen) == 3
+
+    config = load_config(EXAMPLES / "optisync.yaml")  # welcome is mailed on its event
+    assert not config.mails_on_consent
+    run = Push(config, store=None, client_factory=None, run_id="r", config_hash="h")
+    assert run.planner.consent is None
+    monkeypatch.setenv("OPTISYNC_TEMPLATES__WELCOME__DELIVERY", "api")
+    config = load_config(EXAMPLES / "optisync.yaml")
+    run = Push(config, store=None, client_factory=None, run_id="r", config_hash="h")
+    assert config.mails_on_consent and run.planner.consent is not None

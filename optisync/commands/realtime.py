@@ -164,7 +164,7 @@ def push_event(
                     RunLock(store.dir / "run.lock", wait=wait, command="push-event")
                 )
         register = None
-        if any(t.kind == "triggered" and t.delivery == "api" for t in config.templates.values()):
+        if config.mails_on_consent:
             # sqlite3 is imported only when a template needs the register
             from optisync.realtime.optin import OptInRegister, register_path
 

@@ -111,7 +111,7 @@ def serve(
         spool = Spool(spool_dir, int(settings.max_spool_mb * (1 << 20)))
         store = DeadLetterStore(config.path(config.dead_letter.dir))
         register = None
-        if any(t.kind == "triggered" and t.delivery == "api" for t in config.templates.values()):
+        if config.mails_on_consent:
             from optisync.realtime.optin import OptInRegister, register_path
 
             register = OptInRegister(register_path(config.path(config.optimove.state_dir)))

@@ -622,6 +622,12 @@ class Config(Strict):
         return value if value.is_absolute() else self._base_dir / value
 
     @property
+    def mails_on_consent(self) -> bool:
+        """Whether optisync itself mails a template only to opted-in members (triggered,
+        sent through the API): the one kind of mail that needs each member's consent."""
+        return any(t.kind == "triggered" and t.delivery == "api" for t in self.templates.values())
+
+    @property
     def unset_secrets(self) -> dict[str, str]:
         """Secrets configured as ``${VAR}`` with VAR unset: dotted key -> variable name."""
         return dict(self._unset_secrets)

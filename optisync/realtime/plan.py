@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from optisync.realtime.optin import OptInRegister
 
 OPT_IN_EVENT = "opt_in_email"
+#: Members whose consent a run keeps in memory once the register also records it.
+RECENT_CONSENT = 100_000
 
 
 class InvalidMessage(ValueError):  # noqa: N818 - a verdict on one message, caught per message
@@ -85,12 +88,20 @@ class Consent:
     def __init__(self, register: OptInRegister | None = None, *, dry_run: bool = False) -> None:
         self.register = register
         self.dry_run = dry_run
-        self.seen: dict[str, bool] = {}
+        self.seen: OrderedDict[str, bool] = OrderedDict()
+        # Where the register remembers every statement, the run keeps only the latest
+        # members' (an endless feed must not grow the process); older ones are looked up
+        # there, as those of earlier runs are. Without it, nothing else remembers them.
+        self.bound = RECENT_CONSENT if register is not None and not dry_run else None
 
     def note(self, envelope: Envelope, stated: bool) -> None:
         self.seen[envelope.member_id] = stated
         if self.register is not None and not self.dry_run:
             self.register.record(envelope.member_id, stated, envelope.occurred_at)
+        if self.bound is not None:
+            self.seen.move_to_end(envelope.member_id)
+            if len(self.seen) > self.bound:
+                self.seen.popitem(last=False)
 
     def known(self, member_id: str, email: str | None = None) -> bool | None:
         """What this run or the register knows; the register also knows the addresses

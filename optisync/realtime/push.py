@@ -69,9 +69,11 @@ class Push:
         self.summary = PushSummary(
             run_id, dry_run=dry_run, dead_letter_dir=str(store.dir) if store else None
         )
-        self.consent = Consent(opt_in_register, dry_run=dry_run)
+        # consent is kept only where some mail depends on it: remembering every member of
+        # an endless feed for nothing would grow without bound
+        consent = Consent(opt_in_register, dry_run=dry_run) if config.mails_on_consent else None
         self.router = Router(config.routing.rules)
-        self.planner = Planner(config, only, self.consent)
+        self.planner = Planner(config, only, consent)
         self.settler = PushSettler(
             self.summary,
             store=store,
