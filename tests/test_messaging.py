@@ -279,19 +279,28 @@ def test_a_run_keeps_consent_in_memory_only_where_mail_depends_on_it(
     from optisync.realtime.optin import OptInRegister
     from optisync.realtime.push import Push
 
-    def stating(member: str, opted_in: bool) -> Any:
-        return parse_envelope(
-            {**EVENTS[0], "member_id": member, "data": {"email_opt_in": opted_in}}
-        )
+    def stating(member: str, opted_in: bool, at: str = "2026-11-25T10:00:00Z") -> Any:
+        data = {"email_opt_in": opted_in}
+        return parse_envelope({**EVENTS[0], "member_id": member, "occurred_at": at, "data": data})
 
     monkeypatch.setattr(plan, "RECENT_CONSENT", 2)
     register = OptInRegister(tmp_path / "register.sqlite3")
     consent = plan.Consent(register)
-    for member, opted_in in [("M1", True), ("M2", False), ("M3", True), ("M1", False)]:
+    for member, opted_in in [("M1", True), ("M2", False), ("M1", False), ("M3", True)]:
         consent.note(stating(member, opted_in), opted_in)
-    assert list(consent.seen) == ["M3", "M1"]  # the latest two, in the order last stated
+    assert list(consent.seen) == ["M1", "M3"]  # the two stated last: M1 again outlives M2
     assert consent.known("M2") is False  # older ones are still known, from the register
     assert consent.known("M1") is False and consent.known("M3") is True
+    # An opt-out that arrives after an opt-in that occurred later: the register keeps the
+    # later opt-in, the run the opt-out it read last, even once the member is evicted.
+    consent.note(stating("M4", True, "2026-11-25T11:00:00Z"), True)
+    consent.note(stating("M4", False, "2026-11-25T09:00:00Z"), False)
+    for member in ("M5", "M6"):
+        consent.note(stating(member, True), True)
+    assert "M4" not in consent.seen and register.get("M4") is True
+    assert consent.known("M4") is False  # never mailed on the evicted member's behalf
+    consent.note(stating("M4", True, "2026-11-25T12:00:00Z"), True)  # taken: no longer pinned
+    assert consent.pinned == {} and consent.known("M4") is True
     register.close()
     dry = plan.Consent(None, dry_run=True)  # nothing else remembers a dry run's consent
     for member in ("M1", "M2", "M3"):

@@ -44,17 +44,19 @@ class OptInRegister:
         self._pending = 0
         self._db.execute("BEGIN")
 
-    def record(self, member_id: str, opted_in: bool, as_of: datetime) -> None:
-        """Remember the consent, unless a newer statement is already known."""
-        self._db.execute(
+    def record(self, member_id: str, opted_in: bool, as_of: datetime) -> bool:
+        """Remember the consent, unless a newer statement is already known; whether it
+        was taken."""
+        taken = self._db.execute(
             "INSERT INTO opt_in (member_id, opted_in, as_of) VALUES (?, ?, ?)"
             " ON CONFLICT(member_id) DO UPDATE SET opted_in = excluded.opted_in,"
             " as_of = excluded.as_of WHERE excluded.as_of >= opt_in.as_of",
             (member_id, int(opted_in), as_of.astimezone(UTC).isoformat()),
-        )
+        ).rowcount
         self._pending += 1
         if self._pending >= _COMMIT_EVERY:
             self.commit()
+        return taken > 0
 
     def get(self, member_id: str, email: str | None = None) -> bool | None:
         """The member's consent; an address on Optimove's unsubscribe list is opted out

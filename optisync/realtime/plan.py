@@ -93,13 +93,21 @@ class Consent:
         # members' (an endless feed must not grow the process); older ones are looked up
         # there, as those of earlier runs are. Without it, nothing else remembers them.
         self.bound = RECENT_CONSENT if register is not None and not dry_run else None
+        # Statements the register did not take (it holds one that occurred later): the run
+        # answers them in input order, as ever, so they are never forgotten. Rare: input
+        # out of time order.
+        self.pinned: dict[str, bool] = {}
 
     def note(self, envelope: Envelope, stated: bool) -> None:
-        self.seen[envelope.member_id] = stated
+        member = envelope.member_id
+        self.seen[member] = stated
         if self.register is not None and not self.dry_run:
-            self.register.record(envelope.member_id, stated, envelope.occurred_at)
+            if self.register.record(member, stated, envelope.occurred_at):
+                self.pinned.pop(member, None)
+            else:
+                self.pinned[member] = stated
         if self.bound is not None:
-            self.seen.move_to_end(envelope.member_id)
+            self.seen.move_to_end(member)
             if len(self.seen) > self.bound:
                 self.seen.popitem(last=False)
 
@@ -108,6 +116,8 @@ class Consent:
         unsubscribed in Optimove (``optin sync``)."""
         if member_id in self.seen:
             return self.seen[member_id]
+        if member_id in self.pinned:
+            return self.pinned[member_id]
         return self.register.get(member_id, email) if self.register is not None else None
 
 
